@@ -1,0 +1,39 @@
+# One command each: `make test`, `make bench`. Both set up .venv on first use
+# (only python3 needed) and reuse it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# CI pins these; the package itself supports torch >= 2.6 and triton >= 3.3.
+PINS   := torch==2.13.0 triton==3.9.0
+
+.PHONY: setup test lint format bench bench-full demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PINS)
+	$(PY) -m pip install --quiet -e '.[dev]' $(PINS)
+	touch $(STAMP)
+
+# The Triton kernels run on CPU tensors through the interpreter here.
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+bench: demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Benchmarks and static kernel reports for ddsm_triton."""

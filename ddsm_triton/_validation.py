@@ -1,0 +1,130 @@
+"""Input checks shared by the op and the modules (SPEC.md section 3).
+
+Every check raises before any kernel is launched, with a message that names the
+argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "reference", "triton")
+
+
+def check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
+    """A floating tensor of ``ndim`` dimensions."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {t.dtype}"
+        )
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """A Python int (not bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_odd_square(name: str, n: int) -> int:
+    """``n == k*k`` for an odd ``k``; returns ``k``."""
+    k = math.isqrt(n) if n > 0 else 0
+    if n <= 0 or k * k != n or k % 2 == 0:
+        raise ValueError(f"{name} must be k*k for an odd k (1, 9, 25, 49, ...), got {n}")
+    return k
+
+
+def check_same(names: Sequence[str], tensors: Sequence[torch.Tensor], attr: str) -> None:
+    """All tensors agree on ``attr`` ("device" or "dtype")."""
+    first = getattr(tensors[0], attr)
+    for name, t in zip(names[1:], tensors[1:], strict=True):
+        if getattr(t, attr) != first:
+            raise (ValueError if attr == "device" else TypeError)(
+                f"{name} must be on the same {attr} as {names[0]} ({first}), got {getattr(t, attr)}"
+            )
+
+
+def check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def check_attention_inputs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    offsets: torch.Tensor,
+    dilation: int,
+    scale: float | None,
+) -> float:
+    """Validate the op's inputs; returns the resolved logit scale."""
+    check_tensor("query", query, 5)
+    check_tensor("key", key, 5)
+    check_tensor("value", value, 5)
+    check_tensor("offsets", offsets, 6)
+    names = ("query", "key", "value", "offsets")
+    tensors = (query, key, value, offsets)
+    check_same(names, tensors, "device")
+    check_same(names, tensors, "dtype")
+
+    B, H, W, G, Dk = query.shape
+    for name, size in zip(("H", "W", "G", "Dk"), (H, W, G, Dk), strict=True):
+        if size <= 0:
+            raise ValueError(f"query must have positive {name}, got shape {tuple(query.shape)}")
+    if key.shape != query.shape:
+        raise ValueError(
+            f"key must have the shape of query (B, H, W, G, Dk) = {tuple(query.shape)}, "
+            f"got {tuple(key.shape)}"
+        )
+    if value.shape[:4] != query.shape[:4] or value.shape[4] <= 0:
+        raise ValueError(
+            f"value must have shape (B, H, W, G, Dv) = {(B, H, W, G)} + (Dv > 0,), "
+            f"got {tuple(value.shape)}"
+        )
+    if offsets.shape[:4] != query.shape[:4] or offsets.shape[5] != 2:
+        raise ValueError(
+            f"offsets must have shape (B, H, W, G, N, 2) = {(B, H, W, G)} + (N, 2), "
+            f"got {tuple(offsets.shape)}"
+        )
+    check_odd_square("offsets.shape[4] (N, the number of samples)", offsets.shape[4])
+    check_positive_int("dilation", dilation)
+
+    if scale is None:
+        return Dk**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_feature_maps(
+    x_low: torch.Tensor, x_high: torch.Tensor, low_channels: int, high_channels: int
+) -> None:
+    """The module's inputs: (B, Cl, H, W) and (B, Ch, h, w) on one device and dtype."""
+    check_tensor("x_low", x_low, 4)
+    check_tensor("x_high", x_high, 4)
+    check_same(("x_low", "x_high"), (x_low, x_high), "device")
+    check_same(("x_low", "x_high"), (x_low, x_high), "dtype")
+    for name, x, channels in (("x_low", x_low, low_channels), ("x_high", x_high, high_channels)):
+        if x.shape[1] != channels:
+            raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] <= 0 or x.shape[3] <= 0:
+            raise ValueError(f"{name} must have positive H and W, got {tuple(x.shape)}")
+    if x_high.shape[0] != x_low.shape[0]:
+        raise ValueError(
+            f"x_high must have the batch size of x_low ({x_low.shape[0]}), got {x_high.shape[0]}"
+        )

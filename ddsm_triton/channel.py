@@ -1,0 +1,129 @@
+"""The channel branch of DDSM (figure panel b): channels laid on an s x s grid
+sample each other's high-level descriptors, as pixels do in the spatial branch.
+
+It reuses the spatial branch's op unchanged: the "grid" is s x s channels, a
+query/key per channel is its pooled a*a descriptor (Dk = a*a), and a value per
+channel is its downsampled high-level map (Dv = h'*w').
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddsm_triton._validation import (
+    check_backend,
+    check_feature_maps,
+    check_odd_square,
+    check_positive_int,
+)
+from ddsm_triton.layout import to_offsets
+from ddsm_triton.ops import dynamic_sample_attention
+
+
+class ChannelDynamicAffinity(nn.Module):
+    """Channel dynamic affinity: attention over N sampled channels.
+
+    Args:
+        low_channels: Cl, channels of the detailed map ``x_low``.
+        high_channels: Ch, channels of the semantic map ``x_high``.
+        dim: number of attended channels, a perfect square s*s; default
+            ``low_channels``.
+        pool_size: a; queries and keys are (a x a)-pooled channel descriptors.
+        channel_kernel_size: kc; each channel samples Nc = kc*kc channels.
+        value_down: average-pooling factor of ``x_high`` for the values.
+        backend: "auto", "reference" or "triton".
+
+    Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
+    the branch's contribution ``x_c`` (no residual added here).
+    """
+
+    def __init__(
+        self,
+        low_channels: int,
+        high_channels: int,
+        dim: int | None = None,
+        pool_size: int = 8,
+        channel_kernel_size: int = 3,
+        value_down: int = 2,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_positive_int("low_channels", low_channels)
+        check_positive_int("high_channels", high_channels)
+        dim = low_channels if dim is None else dim
+        check_positive_int("dim", dim)
+        side = math.isqrt(dim)
+        if side * side != dim:
+            raise ValueError(f"dim must be a perfect square s*s for the channel branch, got {dim}")
+        check_positive_int("channel_kernel_size", channel_kernel_size)
+        self.num_samples = channel_kernel_size * channel_kernel_size
+        check_odd_square("channel_kernel_size**2", self.num_samples)
+        self.low_channels, self.high_channels, self.dim, self.side = (
+            low_channels,
+            high_channels,
+            dim,
+            side,
+        )
+        self.pool_size = check_positive_int("pool_size", pool_size)
+        self.channel_kernel_size = channel_kernel_size
+        self.value_down = check_positive_int("value_down", value_down)
+        self.backend = check_backend(backend)
+
+        descriptor = pool_size * pool_size
+        self.query = nn.Conv2d(low_channels, dim, 1)
+        self.key = nn.Conv2d(low_channels + high_channels, dim, 1)
+        self.value = nn.Conv2d(high_channels, dim, 1)
+        self.offset = nn.Conv2d(descriptor, 2 * self.num_samples, 3, padding=1)
+        self.proj = nn.Conv2d(dim, low_channels, 1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
+        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
+        B = x_low.shape[0]
+        H, W = x_low.shape[-2:]
+        s, a = self.side, self.pool_size
+        pooled_low = F.adaptive_avg_pool2d(x_low, a)
+        pooled_high = F.adaptive_avg_pool2d(x_high, a)
+        # (B, dim, a*a): channel c holds an a*a descriptor and sits at (c // s, c % s).
+        query = self.query(pooled_low).flatten(2)
+        key = self.key(torch.cat([pooled_low, pooled_high], dim=1)).flatten(2)
+        # The offset conv sees the key descriptors as an a*a-channel image on the s x s grid.
+        offsets = self.offset(key.transpose(1, 2).reshape(B, a * a, s, s))
+
+        high = self._downsample(x_high)
+        value = self.value(high)  # (B, dim, h', w')
+        out = dynamic_sample_attention(
+            query.reshape(B, s, s, 1, a * a),
+            key.reshape(B, s, s, 1, a * a),
+            value.reshape(B, s, s, 1, value.shape[-2] * value.shape[-1]),
+            to_offsets(offsets, 1, self.num_samples),
+            backend=self.backend,
+        )
+        out = self.proj(out.reshape(value.shape))
+        return F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+
+    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Average pooling by ``value_down``, kept at least 1 x 1.
+
+        Adaptive pooling to (h // value_down, w // value_down) equals plain
+        average pooling when the sizes divide, and still covers the whole map
+        (rather than dropping the last rows) when they do not.
+        """
+        if self.value_down == 1:
+            return x
+        h, w = x.shape[-2:]
+        size = (max(1, h // self.value_down), max(1, w // self.value_down))
+        return F.adaptive_avg_pool2d(x, size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"low={self.low_channels}, high={self.high_channels}, dim={self.dim} "
+            f"({self.side}x{self.side}), pool_size={self.pool_size}, "
+            f"channel_kernel_size={self.channel_kernel_size}, value_down={self.value_down}, "
+            f"backend={self.backend!r}"
+        )

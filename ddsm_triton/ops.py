@@ -1,0 +1,71 @@
+"""The public op: validate, pick a backend, dispatch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ddsm_triton._validation import check_attention_inputs, check_backend
+from ddsm_triton.reference import dynamic_sample_attention as _reference_op
+
+__all__ = ["dynamic_sample_attention", "resolve_backend"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` to "reference" or "triton" for tensors on ``device``.
+
+    "auto" picks Triton for CUDA tensors and the reference elsewhere. "triton"
+    on a CPU tensor needs the Triton interpreter (``TRITON_INTERPRET=1`` set
+    before ddsm_triton's kernels are imported); without it this raises, rather
+    than silently falling back.
+    """
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    interpretable = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "triton" and device.type != "cuda" and not interpretable:
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors, got tensors on {device}. CPU tensors "
+            "run in the Triton interpreter only when TRITON_INTERPRET=1 is set before "
+            "ddsm_triton.kernels is imported; otherwise use backend='reference' or 'auto'."
+        )
+    return backend
+
+
+def dynamic_sample_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    dilation: int = 1,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Dynamic sample attention (SPEC.md section 1), differentiable in all inputs.
+
+    Every grid cell (b, i, j) and head g bilinearly samples the key and value
+    maps at N = k*k learned positions around it (a k x k window of spacing
+    ``dilation`` plus ``offsets``, in grid cells), softmaxes the scaled dot
+    products of its query with the sampled keys, and returns the weighted sum of
+    the sampled values.
+
+    Args:
+        query: (B, H, W, G, Dk).
+        key: (B, H, W, G, Dk).
+        value: (B, H, W, G, Dv).
+        offsets: (B, H, W, G, N, 2), (dy, dx) in grid cells.
+        dilation: spacing of the base window, in grid cells.
+        scale: logit scale; default 1/sqrt(Dk).
+        backend: "auto", "reference" or "triton".
+
+    Returns:
+        (B, H, W, G, Dv), the dtype of ``value``.
+    """
+    scale = check_attention_inputs(query, key, value, offsets, dilation, scale)
+    if resolve_backend(backend, query.device) == "reference":
+        return _reference_op(query, key, value, offsets, dilation=dilation, scale=scale)
+    from ddsm_triton.kernels import dynamic_sample_attention as triton_op
+
+    return triton_op(query, key, value, offsets, dilation=dilation, scale=scale)

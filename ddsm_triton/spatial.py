@@ -1,0 +1,107 @@
+"""The spatial branch of DDSM (figure panel a): each low-level pixel samples the
+high-level map at N learned positions and pulls its semantics in."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddsm_triton._validation import (
+    check_backend,
+    check_feature_maps,
+    check_odd_square,
+    check_positive_int,
+)
+from ddsm_triton.layout import from_heads, to_heads, to_offsets
+from ddsm_triton.ops import dynamic_sample_attention
+from ddsm_triton.position_embedding import sine_position_embedding
+
+
+class SpatialDynamicAffinity(nn.Module):
+    """Spatial dynamic affinity: attention over N sampled high-level positions.
+
+    Args:
+        low_channels: Cl, channels of the detailed map ``x_low``.
+        high_channels: Ch, channels of the semantic map ``x_high``.
+        dim: width of query/key/value, default ``low_channels``; split in
+            ``groups`` heads.
+        kernel_size: k; each pixel samples N = k*k positions (k odd).
+        dilation: spacing of the initial k x k window, in pixels.
+        groups: attention heads; each predicts its own offsets.
+        pos_embed: add fixed sine-cosine position embeddings to both inputs.
+        backend: "auto", "reference" or "triton" (see ``dynamic_sample_attention``).
+
+    Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
+    the branch's contribution ``x_s`` (no residual added here).
+    """
+
+    def __init__(
+        self,
+        low_channels: int,
+        high_channels: int,
+        dim: int | None = None,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        groups: int = 1,
+        pos_embed: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_positive_int("low_channels", low_channels)
+        check_positive_int("high_channels", high_channels)
+        dim = low_channels if dim is None else dim
+        check_positive_int("dim", dim)
+        check_positive_int("groups", groups)
+        if dim % groups:
+            raise ValueError(f"dim must be divisible by groups ({groups}), got {dim}")
+        check_positive_int("kernel_size", kernel_size)
+        self.num_samples = kernel_size * kernel_size
+        check_odd_square("kernel_size**2", self.num_samples)
+        self.low_channels, self.high_channels, self.dim = low_channels, high_channels, dim
+        self.kernel_size = kernel_size
+        self.dilation = check_positive_int("dilation", dilation)
+        self.groups = groups
+        self.pos_embed = pos_embed
+        self.backend = check_backend(backend)
+
+        both = low_channels + high_channels
+        self.query = nn.Conv2d(low_channels, dim, 1)
+        self.key = nn.Conv2d(both, dim, 1)
+        self.value = nn.Conv2d(high_channels, dim, 1)
+        self.offset = nn.Conv2d(both, 2 * groups * self.num_samples, 3, padding=1)
+        self.proj = nn.Conv2d(dim, low_channels, 1)
+        # A fresh layer samples the regular window; offsets are learned from there.
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
+        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
+        H, W = x_low.shape[-2:]
+        if self.pos_embed:
+            x_low = x_low + self._embedding(x_low)
+            x_high = x_high + self._embedding(x_high)
+        x_high = F.interpolate(x_high, size=(H, W), mode="bilinear", align_corners=False)
+        both = torch.cat([x_low, x_high], dim=1)
+
+        out = dynamic_sample_attention(
+            to_heads(self.query(x_low), self.groups),
+            to_heads(self.key(both), self.groups),
+            to_heads(self.value(x_high), self.groups),
+            to_offsets(self.offset(both), self.groups, self.num_samples),
+            dilation=self.dilation,
+            backend=self.backend,
+        )
+        return self.proj(from_heads(out))
+
+    @staticmethod
+    def _embedding(x: torch.Tensor) -> torch.Tensor:
+        _, C, H, W = x.shape
+        return sine_position_embedding(C, H, W, dtype=x.dtype, device=x.device)
+
+    def extra_repr(self) -> str:
+        return (
+            f"low={self.low_channels}, high={self.high_channels}, dim={self.dim}, "
+            f"k={self.kernel_size}, dilation={self.dilation}, groups={self.groups}, "
+            f"pos_embed={self.pos_embed}, backend={self.backend!r}"
+        )
