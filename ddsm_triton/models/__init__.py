@@ -1,0 +1,1 @@
+"""Segmentation models built on DDSM."""
