@@ -49,11 +49,11 @@ def check_odd_square(name: str, n: int) -> int:
 def check_same(names: Sequence[str], tensors: Sequence[torch.Tensor], attr: str) -> None:
     """All tensors agree on ``attr`` ("device" or "dtype")."""
     first = getattr(tensors[0], attr)
+    relation = "be on the same device as" if attr == "device" else "have the same dtype as"
+    error = ValueError if attr == "device" else TypeError
     for name, t in zip(names[1:], tensors[1:], strict=True):
         if getattr(t, attr) != first:
-            raise (ValueError if attr == "device" else TypeError)(
-                f"{name} must be on the same {attr} as {names[0]} ({first}), got {getattr(t, attr)}"
-            )
+            raise error(f"{name} must {relation} {names[0]} ({first}), got {getattr(t, attr)}")
 
 
 def check_backend(backend: object) -> str:
