@@ -69,22 +69,20 @@ def bilinear_sample(feature: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> 
     flat = feature.permute(0, 3, 1, 2, 4).reshape(B, G, H * W, D)
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
-    corners = (
-        (y0, x0, (1 - fy) * (1 - fx)),
-        (y0, x0 + 1, (1 - fy) * fx),
-        (y0 + 1, x0, fy * (1 - fx)),
-        (y0 + 1, x0 + 1, fy * fx),
-    )
-    out = feature.new_zeros(B, H, W, G, N, D)
-    for cy, cx, weight in corners:
-        inside = (cy >= 0) & (cy <= H - 1) & (cx >= 0) & (cx <= W - 1)
-        index = (cy.clamp(0, H - 1) * W + cx.clamp(0, W - 1)).long()
-        # (B, H, W, G, N) -> (B, G, H*W*N) so gather reads along the pixel axis.
-        index = index.permute(0, 3, 1, 2, 4).reshape(B, G, H * W * N, 1)
-        values = torch.gather(flat, 2, index.expand(-1, -1, -1, D))
-        values = values.view(B, G, H, W, N, D).permute(0, 2, 3, 1, 4, 5)
-        out = out + (weight * inside).unsqueeze(-1) * values
-    return out
+    # The four corners stacked on a new last axis, (B, H, W, G, N, 4), and read with
+    # a single gather. (Four separate gathers summed compile wrongly under inductor,
+    # torch 2.13 CPU: the summed scatter_add gradients were read before they were
+    # written, giving the channel branch's value projection an all-zero gradient.)
+    cy = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
+    cx = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)
+    weight = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], dim=-1)
+    inside = (cy >= 0) & (cy <= H - 1) & (cx >= 0) & (cx <= W - 1)
+    index = (cy.clamp(0, H - 1) * W + cx.clamp(0, W - 1)).long()
+    # (B, H, W, G, N, 4) -> (B, G, H*W*N*4) so gather reads along the pixel axis.
+    index = index.permute(0, 3, 1, 2, 4, 5).reshape(B, G, H * W * N * 4, 1)
+    values = torch.gather(flat, 2, index.expand(-1, -1, -1, D))
+    values = values.view(B, G, H, W, N, 4, D).permute(0, 2, 3, 1, 4, 5, 6)
+    return ((weight * inside).unsqueeze(-1) * values).sum(dim=-2)
 
 
 def dynamic_sample_attention(
@@ -114,12 +112,15 @@ def dynamic_sample_attention(
     if scale is None:
         scale = query.shape[-1] ** -0.5
     compute = torch.float64 if value.dtype == torch.float64 else torch.float32
-    q, k, v, off = (t.to(compute) for t in (query, key, value, offsets))
+    # Autocast off: the einsums below would otherwise run in the autocast dtype,
+    # and the op is defined to compute in float32 for half inputs (as the kernels do).
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        q, k, v, off = (t.to(compute) for t in (query, key, value, offsets))
 
-    y, x = sample_positions(off, dilation)
-    keys = bilinear_sample(k, y, x)  # (B, H, W, G, N, Dk)
-    values = bilinear_sample(v, y, x)  # (B, H, W, G, N, Dv)
-    logits = scale * torch.einsum("bhwgd,bhwgnd->bhwgn", q, keys)
-    attn = torch.softmax(logits, dim=-1)
-    out = torch.einsum("bhwgn,bhwgnd->bhwgd", attn, values)
+        y, x = sample_positions(off, dilation)
+        keys = bilinear_sample(k, y, x)  # (B, H, W, G, N, Dk)
+        values = bilinear_sample(v, y, x)  # (B, H, W, G, N, Dv)
+        logits = scale * torch.einsum("bhwgd,bhwgnd->bhwgn", q, keys)
+        attn = torch.softmax(logits, dim=-1)
+        out = torch.einsum("bhwgn,bhwgnd->bhwgd", attn, values)
     return out.to(value.dtype)
