@@ -1,0 +1,23 @@
+"""Fused Triton kernels of ddsm_triton.
+
+``dynamic_sample_attention`` is the entry point ``ddsm_triton.dynamic_sample_attention``
+calls for ``backend="triton"``; importing this package registers the ``ddsm::dsa_forward``
+and ``ddsm::dsa_backward`` custom ops. Set ``TRITON_INTERPRET=1`` before importing it
+to run the kernels on CPU tensors.
+"""
+
+from .dynamic_sample_attention import (
+    CONFIGS,
+    INTERPRETER_CONFIGS,
+    KERNEL_VARIANTS,
+    KernelVariant,
+    dynamic_sample_attention,
+)
+
+__all__ = [
+    "CONFIGS",
+    "INTERPRETER_CONFIGS",
+    "KERNEL_VARIANTS",
+    "KernelVariant",
+    "dynamic_sample_attention",
+]

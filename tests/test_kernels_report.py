@@ -1,0 +1,73 @@
+"""The static kernel report: every kernel, in every configuration and dtype the library
+can launch, compiles for sm_80 and sm_90 without spilling and with wide loads.
+
+Compiling takes about a minute per architecture on two cores the first time (Triton
+caches the binaries afterwards), so each architecture is compiled once, by one test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ddsm_triton.kernels as kernels
+from ddsm_triton.bench.kernel_report import DTYPES, _widest_load_bits, format_table, kernel_report
+
+
+@pytest.mark.parametrize("arch", [pytest.param(80, id="sm80"), pytest.param(90, id="sm90")])
+def test_every_kernel_config_compiles_without_spills(arch):
+    rows = kernel_report(arch)
+
+    expected = {
+        (variant.name, dtype)
+        for variant in kernels.KERNEL_VARIANTS
+        for dtype in DTYPES
+        for _ in variant.configs(getattr(torch, dtype))
+    }
+    assert {(r["kernel"], r["dtype"]) for r in rows} == expected
+    expected_count = sum(
+        len(variant.configs(getattr(torch, dtype)))
+        for variant in kernels.KERNEL_VARIANTS
+        for dtype in DTYPES
+    )
+    assert len(rows) == expected_count
+
+    table = format_table(rows)
+    for r in rows:
+        where = f"{r['kernel']} {r['config']} {r['dtype']} sm_{arch}\n{table}"
+        assert r["arch"] == arch
+        assert r["stack_bytes"] == 0 and r["local_bytes"] == 0, f"spills: {where}"
+        assert 0 < r["registers"] <= 255, where
+        # Channels-last rows are contiguous: loads must be vectorised, for 16-bit
+        # dtypes at least 4 elements (64 bits) per load.
+        assert r["widest_load_bits"] >= 64, f"narrow loads: {where}"
+
+
+@pytest.mark.parametrize(
+    ("sass", "bits"),
+    [
+        pytest.param("LDG.E.128 R4, desc[UR4][R2.64] ;", 128, id="ldg128"),
+        pytest.param("LDG.E.64.CONSTANT R4, [R2.64] ;\nLDG.E R8, [R6.64] ;", 64, id="ldg64"),
+        pytest.param("LDG.E.U16 R4, [R2.64] ;", 16, id="ldg16"),
+        pytest.param("LDG.E R4, [R2.64] ;\nSTG.E.128 [R2.64], R4 ;", 32, id="ldg32-stg-ignored"),
+        pytest.param("LDS.128 R4, [R2] ;", 0, id="shared-ignored"),
+    ],
+)
+def test_widest_load_parsing(sass, bits):
+    assert _widest_load_bits(sass) == bits
+
+
+def test_format_table_lists_every_row():
+    row = {
+        "kernel": "k",
+        "config": "BLOCK=1",
+        "dtype": "float32",
+        "arch": 90,
+        "registers": 40,
+        "stack_bytes": 0,
+        "local_bytes": 0,
+        "shared_bytes": 0,
+        "widest_load_bits": 128,
+    }
+    lines = format_table([row, {**row, "kernel": "other"}]).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("k ") and lines[3].startswith("other")
