@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# CI pins these; the package itself supports torch >= 2.6 and triton >= 3.3.
-PINS   := torch==2.13.0 triton==3.9.0
+# CI pins these (ruff too: its formatting changes between releases); the package
+# itself supports torch >= 2.6 and triton >= 3.3.
+PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
 
 .PHONY: setup test lint format bench bench-full demo clean
 
