@@ -631,12 +631,9 @@ def dsa_backward(
 
 @dsa_backward.register_fake
 def _(grad_out, query, key, value, offsets, out, lse, dilation, scale, deterministic):
-    return (
-        torch.empty_like(query),
-        torch.empty_like(key),
-        torch.empty_like(value),
-        torch.empty_like(offsets),
-    )
+    # Contiguous, like the real gradients: empty_like would copy the strides of
+    # non-contiguous inputs (views of NCHW conv outputs) and mislead the compiler.
+    return tuple(t.new_empty(t.shape) for t in (query, key, value, offsets))
 
 
 def _setup_context(ctx, inputs, output) -> None:
