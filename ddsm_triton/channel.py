@@ -105,6 +105,10 @@ class ChannelDynamicAffinity(nn.Module):
             backend=self.backend,
         )
         out = self.proj(out.reshape(value.shape))
+        if out.shape[-2:] == (1, 1):
+            # Bilinear resizing of one pixel is a broadcast; saying so also avoids an
+            # inductor assertion (torch 2.13) when compiling a 1x1 -> (H, W) resize.
+            return out.expand(-1, -1, H, W)
         return F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
 
     def _downsample(self, x: torch.Tensor) -> torch.Tensor:
