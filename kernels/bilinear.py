@@ -135,6 +135,46 @@ def corner_dots(src, map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, d, d_mask,
 
 
 @triton.jit
+def corner_dot_sums(
+    src_ptr,
+    map_ptr,
+    cells,
+    cell_mask,
+    r00,
+    r01,
+    r10,
+    r11,
+    m00,
+    m01,
+    m10,
+    m11,
+    D,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """``<src[cell], map[r_c]>`` for the four corners over all ``D`` channels, read in
+    ``BLOCK_D`` chunks: four ``[BLOCK_P]`` in ``ACC``. The logit of a sample and its
+    position derivative are weighted sums of these, so forward and backward agree to
+    the last bit on ``l_n``."""
+    h00 = tl.zeros_like(r00).to(ACC)
+    h01 = tl.zeros_like(r00).to(ACC)
+    h10 = tl.zeros_like(r00).to(ACC)
+    h11 = tl.zeros_like(r00).to(ACC)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = d < D
+        src = load_rows(src_ptr, cells, cell_mask, d, d_mask, D, ACC)
+        c00, c01, c10, c11 = corner_dots(
+            src, map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, d, d_mask, D
+        )
+        h00 += c00
+        h01 += c01
+        h10 += c10
+        h11 += c11
+    return h00, h01, h10, h11
+
+
+@triton.jit
 def bilinear_gather(
     map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, w00, w01, w10, w11, d, d_mask, D
 ):

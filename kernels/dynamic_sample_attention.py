@@ -49,7 +49,7 @@ from .bilinear import (
     bilinear_gather,
     bilinear_weight_grads,
     cell_coords,
-    corner_dots,
+    corner_dot_sums,
     load_rows,
     sample_corners,
 )
@@ -198,16 +198,24 @@ def _dsa_fwd_kernel(
             off_ptr, cells, cell_mask, n, i, j, base, H, W, G, KSIZE, dilation, ACC
         )
 
-        logit = tl.zeros([BLOCK_P], ACC)
-        for d0 in range(0, DK, BLOCK_DK):
-            dk = d0 + tl.arange(0, BLOCK_DK)
-            dk_mask = dk < DK
-            q = load_rows(q_ptr, cells, cell_mask, dk, dk_mask, DK, ACC)
-            h00, h01, h10, h11 = corner_dots(
-                q, k_ptr, r00, r01, r10, r11, m00, m01, m10, m11, dk, dk_mask, DK
-            )
-            logit += w00 * h00 + w01 * h01 + w10 * h10 + w11 * h11
-        logit *= scale
+        h00, h01, h10, h11 = corner_dot_sums(
+            q_ptr,
+            k_ptr,
+            cells,
+            cell_mask,
+            r00,
+            r01,
+            r10,
+            r11,
+            m00,
+            m01,
+            m10,
+            m11,
+            DK,
+            BLOCK_DK,
+            ACC,
+        )
+        logit = scale * (w00 * h00 + w01 * h01 + w10 * h10 + w11 * h11)
 
         v = bilinear_gather(
             v_ptr, r00, r01, r10, r11, m00, m01, m10, m11, w00, w01, w10, w11, dv, dv_mask, DV
@@ -284,36 +292,40 @@ def _dsa_bwd_scores_kernel(
         gy00, gy01, gy10, gy11, gx00, gx01, gx10, gx11 = bilinear_weight_grads(fy, fx)
 
         # <q, key_c> and <dO, value_c> per corner c; out-of-bounds corners give 0.
-        k00 = tl.zeros([BLOCK_P], ACC)
-        k01 = tl.zeros([BLOCK_P], ACC)
-        k10 = tl.zeros([BLOCK_P], ACC)
-        k11 = tl.zeros([BLOCK_P], ACC)
-        for d0 in range(0, DK, BLOCK_DK):
-            dk = d0 + tl.arange(0, BLOCK_DK)
-            dk_mask = dk < DK
-            q = load_rows(q_ptr, cells, cell_mask, dk, dk_mask, DK, ACC)
-            h00, h01, h10, h11 = corner_dots(
-                q, k_ptr, r00, r01, r10, r11, m00, m01, m10, m11, dk, dk_mask, DK
-            )
-            k00 += h00
-            k01 += h01
-            k10 += h10
-            k11 += h11
-        v00 = tl.zeros([BLOCK_P], ACC)
-        v01 = tl.zeros([BLOCK_P], ACC)
-        v10 = tl.zeros([BLOCK_P], ACC)
-        v11 = tl.zeros([BLOCK_P], ACC)
-        for d0 in range(0, DV, BLOCK_DV):
-            dv = d0 + tl.arange(0, BLOCK_DV)
-            dv_mask = dv < DV
-            do = load_rows(do_ptr, cells, cell_mask, dv, dv_mask, DV, ACC)
-            h00, h01, h10, h11 = corner_dots(
-                do, v_ptr, r00, r01, r10, r11, m00, m01, m10, m11, dv, dv_mask, DV
-            )
-            v00 += h00
-            v01 += h01
-            v10 += h10
-            v11 += h11
+        k00, k01, k10, k11 = corner_dot_sums(
+            q_ptr,
+            k_ptr,
+            cells,
+            cell_mask,
+            r00,
+            r01,
+            r10,
+            r11,
+            m00,
+            m01,
+            m10,
+            m11,
+            DK,
+            BLOCK_DK,
+            ACC,
+        )
+        v00, v01, v10, v11 = corner_dot_sums(
+            do_ptr,
+            v_ptr,
+            cells,
+            cell_mask,
+            r00,
+            r01,
+            r10,
+            r11,
+            m00,
+            m01,
+            m10,
+            m11,
+            DV,
+            BLOCK_DV,
+            ACC,
+        )
 
         a = tl.exp(scale * (w00 * k00 + w01 * k01 + w10 * k10 + w11 * k11) - lse)
         da = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
@@ -560,9 +572,23 @@ def _backward(
     def spread(src, d_src, dmap, D, coef_idx, scatter, gather):
         grid = lambda meta: (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
         _dsa_bwd_spread_kernel[grid](
-            src, k, off, coef, dmap, d_src, P, H, W, G, D, KSIZE, dilation,
-            COEF=coef_idx, SCATTER=scatter, GATHER=gather,
-        )  # fmt: skip
+            src,
+            k,
+            off,
+            coef,
+            dmap,
+            d_src,
+            P,
+            H,
+            W,
+            G,
+            D,
+            KSIZE,
+            dilation,
+            COEF=coef_idx,
+            SCATTER=scatter,
+            GATHER=gather,
+        )
 
     if deterministic:
         spread(q, dq, dq, DK, 0, scatter=False, gather=True)
