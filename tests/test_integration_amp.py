@@ -15,21 +15,7 @@ import ddsm_triton.channel
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
-
-def _kernels_landed() -> bool:
-    try:
-        from ddsm_triton.kernels import dynamic_sample_attention  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-TRITON_MARK = pytest.mark.xfail(
-    not _kernels_landed(),
-    reason="ddsm_triton.kernels.dynamic_sample_attention has not landed yet",
-    strict=False,
-)
-BACKENDS = ["reference", pytest.param("triton", marks=TRITON_MARK)]
+BACKENDS = ["reference", "triton"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (device, autocast dtype): CPU bfloat16 runs everywhere, the CUDA ones where CUDA is.
 AUTOCASTS = [

@@ -16,24 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
-
-def _kernels_landed() -> bool:
-    try:
-        from ddsm_triton.kernels import dynamic_sample_attention  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-TRITON = pytest.param(
-    "triton",
-    marks=pytest.mark.xfail(
-        not _kernels_landed(),
-        reason="ddsm_triton.kernels.dynamic_sample_attention has not landed yet",
-        strict=False,
-    ),
-)
-BACKENDS = ["reference", TRITON]
+BACKENDS = ["reference", "triton"]
 CL = torch.channels_last
 
 
@@ -127,7 +110,7 @@ class _CopyLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("backend", ["triton"])
 def test_triton_path_hands_conv_outputs_to_the_kernel_without_copies(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,24 +14,6 @@ from ddsm_triton.models import (
     default_ddsm_dim,
 )
 
-
-def _kernels_landed() -> bool:
-    try:
-        from ddsm_triton.kernels import dynamic_sample_attention  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-TRITON = pytest.param(
-    "triton",
-    marks=pytest.mark.xfail(
-        not _kernels_landed(),
-        reason="ddsm_triton.kernels.dynamic_sample_attention has not landed yet",
-        strict=False,
-    ),
-)
-
 IN_CHANNELS = [6, 8, 10, 12]  # strides 4, 8, 16, 32 of a 64 x 64 image
 SIZES = [(16, 16), (8, 8), (4, 4), (2, 2)]
 
@@ -146,7 +128,7 @@ def test_head_rejects_wrong_number_of_features() -> None:
         _head("add")(_features(levels=3))
 
 
-@pytest.mark.parametrize("backend", [TRITON])
+@pytest.mark.parametrize("backend", ["triton"])
 def test_backend_parity_with_the_same_state_dict(backend: str) -> None:
     """Reference and Triton heads loaded from one state_dict agree, output and grads."""
     torch.manual_seed(0)
