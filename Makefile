@@ -34,7 +34,17 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-bench: demo
+# Benchmarks: `make bench` runs --quick (a few minutes on 2 CPU cores); `make bench-full`
+# or `make bench BENCH=--full` the whole sweep. No TRITON_INTERPRET here: on a GPU the
+# kernels must really compile; without one the bench turns the interpreter on itself
+# and uses it for parity checks only, never for timings.
+BENCH ?= --quick
+
+bench: $(STAMP)
+	$(PY) -m ddsm_triton.bench $(BENCH)
+
+bench-full: $(STAMP)
+	$(PY) -m ddsm_triton.bench --full
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
