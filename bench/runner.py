@@ -40,6 +40,14 @@ CPU_TRITON_NOTE = (
 )
 
 
+def _op_floor(case: Case) -> measure.Floor:
+    """The fewest bytes the core op must move at this case's shape."""
+    return measure.op_floor(
+        case.batch, case.grid_h, case.grid_w, case.groups, case.samples, case.dk, case.dv,
+        case.torch_dtype,
+    )  # fmt: skip
+
+
 @dataclass
 class Settings:
     """How a run measures.
@@ -239,16 +247,7 @@ class Runner:
     # ------------------------------------------------------------------- one case
     def run_case(self, case: Case) -> None:
         if case.kind != "module":
-            floor = measure.op_floor(
-                case.batch,
-                case.grid_h,
-                case.grid_w,
-                case.groups,
-                case.samples,
-                case.dk,
-                case.dv,
-                case.torch_dtype,
-            )
+            floor = _op_floor(case)
             note = "read q/k/v/offsets once + write out once"
             self.rec.add(case, "floor", "floor_fwd_bytes", floor.forward, note)
             self.rec.add(
@@ -428,16 +427,7 @@ class Runner:
         wl.clear_grads()
         if case.kind == "module" or not self.copy_gbps:
             return
-        floor = measure.op_floor(
-            case.batch,
-            case.grid_h,
-            case.grid_w,
-            case.groups,
-            case.samples,
-            case.dk,
-            case.dv,
-            case.torch_dtype,
-        )
+        floor = _op_floor(case)
         for name, nbytes in (("fwd", floor.forward), ("fwdbwd", floor.forward_backward)):
             frac = measure.bandwidth_fraction(nbytes, medians[name], self.copy_gbps)
             self.rec.add(

@@ -199,22 +199,11 @@ def _dsa_fwd_kernel(
         )
 
         h00, h01, h10, h11 = corner_dot_sums(
-            q_ptr,
-            k_ptr,
-            cells,
-            cell_mask,
-            r00,
-            r01,
-            r10,
-            r11,
-            m00,
-            m01,
-            m10,
-            m11,
-            DK,
-            BLOCK_DK,
-            ACC,
-        )
+            q_ptr, k_ptr, cells, cell_mask,
+            r00, r01, r10, r11,
+            m00, m01, m10, m11,
+            DK, BLOCK_DK, ACC,
+        )  # fmt: skip
         logit = scale * (w00 * h00 + w01 * h01 + w10 * h10 + w11 * h11)
 
         v = bilinear_gather(
@@ -293,39 +282,17 @@ def _dsa_bwd_scores_kernel(
 
         # <q, key_c> and <dO, value_c> per corner c; out-of-bounds corners give 0.
         k00, k01, k10, k11 = corner_dot_sums(
-            q_ptr,
-            k_ptr,
-            cells,
-            cell_mask,
-            r00,
-            r01,
-            r10,
-            r11,
-            m00,
-            m01,
-            m10,
-            m11,
-            DK,
-            BLOCK_DK,
-            ACC,
-        )
+            q_ptr, k_ptr, cells, cell_mask,
+            r00, r01, r10, r11,
+            m00, m01, m10, m11,
+            DK, BLOCK_DK, ACC,
+        )  # fmt: skip
         v00, v01, v10, v11 = corner_dot_sums(
-            do_ptr,
-            v_ptr,
-            cells,
-            cell_mask,
-            r00,
-            r01,
-            r10,
-            r11,
-            m00,
-            m01,
-            m10,
-            m11,
-            DV,
-            BLOCK_DV,
-            ACC,
-        )
+            do_ptr, v_ptr, cells, cell_mask,
+            r00, r01, r10, r11,
+            m00, m01, m10, m11,
+            DV, BLOCK_DV, ACC,
+        )  # fmt: skip
 
         a = tl.exp(scale * (w00 * k00 + w01 * k01 + w10 * k10 + w11 * k11) - lse)
         da = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
