@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ddsm_triton.kernels as kernels
+from ddsm_triton.bench.measure import saved_bytes
 from ddsm_triton.reference import dynamic_sample_attention as reference_op
 
 dsa = importlib.import_module("ddsm_triton.kernels.dynamic_sample_attention")
@@ -269,26 +270,15 @@ def test_deterministic_and_atomic_paths_agree(deterministic):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def _saved_bytes(fn, inputs) -> int:
-    """Bytes autograd keeps for backward, each storage once, inputs' storages excluded."""
-    exclude = {t.untyped_storage().data_ptr() for t in inputs}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return sum(seen.values())
-
-
 def test_saved_memory_is_a_fifteenth_of_the_reference():
     inputs = make_inputs(1, 16, 16, 1, 64, 64, 3, dtype=torch.float32)
-    ours = _saved_bytes(lambda *x: kernels.dynamic_sample_attention(*x, 1, 0.125), inputs)
-    theirs = _saved_bytes(lambda *x: reference_op(*x, dilation=1, scale=0.125), inputs)
+    # Bytes saved beyond the op's inputs, each storage once (the benchmark's counter).
+    ours = saved_bytes(
+        lambda: kernels.dynamic_sample_attention(*inputs, 1, 0.125), exclude=inputs
+    ).activations
+    theirs = saved_bytes(
+        lambda: reference_op(*inputs, dilation=1, scale=0.125), exclude=inputs
+    ).activations
     # out (16*16*64 float32) and the log-sum-exp (16*16 float32), nothing of size N x D.
     assert ours == 16 * 16 * 64 * 4 + 16 * 16 * 4
     assert ours * 15 <= theirs, (ours, theirs)

@@ -7,22 +7,13 @@ Dv = h'*w'. Same state_dict, same inputs: outputs and every parameter gradient.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from _helpers import randomise_offsets
 
 from ddsm_triton import DDSM
 
 F64 = torch.float64
-
-
-def trained_like(layer: DDSM) -> DDSM:
-    """Non-zero offset convolutions, so samples leave the regular window."""
-    for conv in (layer.spatial.offset, layer.channel.offset):
-        torch.nn.init.normal_(conv.weight, std=0.7 / math.sqrt(conv.weight[0].numel()))
-        torch.nn.init.normal_(conv.bias, std=0.7)
-    return layer
 
 
 def run(layer: DDSM, backend: str, x_low: torch.Tensor, x_high: torch.Tensor):
@@ -48,7 +39,7 @@ def run(layer: DDSM, backend: str, x_low: torch.Tensor, x_high: torch.Tensor):
     ],
 )
 def test_triton_module_equals_reference_module(config, dtype, tol):
-    layer = trained_like(DDSM(12, 10, **config)).to(dtype)
+    layer = randomise_offsets(DDSM(12, 10, **config), std=0.7).to(dtype)
     x_low = torch.randn(2, 12, 7, 6, dtype=dtype)
     x_high = torch.randn(2, 10, 4, 3, dtype=dtype)
     y_ref, g_ref = run(layer, "reference", x_low, x_high)
@@ -60,7 +51,7 @@ def test_triton_module_equals_reference_module(config, dtype, tol):
 
 
 def test_triton_module_state_dict_from_reference_module():
-    source = trained_like(DDSM(12, 10, dim=16, groups=4, pool_size=4))
+    source = randomise_offsets(DDSM(12, 10, dim=16, groups=4, pool_size=4), std=0.7)
     target = DDSM(12, 10, dim=16, groups=4, pool_size=4, backend="triton")
     target.load_state_dict(source.state_dict())
     x_low, x_high = torch.randn(1, 12, 5, 5), torch.randn(1, 10, 3, 3)

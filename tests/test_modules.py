@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import randomise_offsets
 
 import ddsm_triton.spatial
 from ddsm_triton import (
@@ -22,13 +23,6 @@ F64 = torch.float64
 
 def features(B=2, Cl=16, Ch=12, H=10, W=9, h=5, w=4, dtype=torch.float32):
     return torch.randn(B, Cl, H, W, dtype=dtype), torch.randn(B, Ch, h, w, dtype=dtype)
-
-
-def randomise_offsets(layer: torch.nn.Module, std: float = 0.5) -> None:
-    """Give the zero-initialised offset convolutions some weight, as training would."""
-    for module in (layer.spatial.offset, layer.channel.offset):
-        torch.nn.init.normal_(module.weight, std=std / math.sqrt(module.weight[0].numel()))
-        torch.nn.init.normal_(module.bias, std=std)
 
 
 @pytest.mark.parametrize(
