@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # itself supports torch >= 2.6 and triton >= 3.3.
 PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
 
-.PHONY: setup test lint format bench bench-full demo clean
+.PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run
 
 setup: $(STAMP)
 
@@ -45,6 +45,21 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(PY) -m ddsm_triton.bench --full
+
+# On a machine with a CUDA GPU: no venv, no pins, no registry. Installs this checkout
+# editable into $(PYTHON) (which must already hold torch, triton, pytest, matplotlib),
+# runs the CUDA tier and the GPU benchmark profile, writes bench/results/<card>/ and
+# prints the total (<= 8 minutes on an H100). GPU_CHECK_ARGS=--dry-run checks the
+# plumbing on CPU with toy shapes; see `$(PYTHON) -m ddsm_triton.bench.gpu_check --help`.
+GPU_CHECK_ARGS ?=
+
+gpu-check:
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PYTHON) -m ddsm_triton.bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The CUDA tier's test code on CPU: interpreted kernels, tiny shapes (~3 min on 2 cores).
+test-cuda-dry-run: $(STAMP)
+	DDSM_CUDA_DRY_RUN=1 $(PY) -m pytest -q -m cuda -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

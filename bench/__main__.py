@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const="tiny",
         help="toy shapes, seconds; for tests",
     )
+    mode.add_argument(
+        "--gpu",
+        dest="mode",
+        action="store_const",
+        const="gpu",
+        help="the GPU profile: named Cityscapes points within --budget-s (make gpu-check)",
+    )
     p.set_defaults(mode="quick")
+    gpu = p.add_argument_group("GPU profile (--gpu)")
+    gpu.add_argument(
+        "--budget-s",
+        type=float,
+        default=240.0,
+        metavar="S",
+        help="stop starting cases so that the profile ends within S seconds (default 240)",
+    )
+    gpu.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="toy shapes, on CPU unless --device cuda: checks the profile's plumbing",
+    )
     p.add_argument("--out", type=Path, help="output directory (default bench/results/<device>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
@@ -148,11 +169,16 @@ def default_arch(device: torch.device) -> int:
 
 def settings_for(args: argparse.Namespace, device: torch.device) -> Settings:
     # Per mode: (seconds one eager fwd+bwd may take, seconds per timed metric, min calls).
-    call_budget, metric_budget, min_reps = {
-        "tiny": (4.0, 0.02, 2),
-        "quick": (4.0, 1.0, 3),
-        "full": (30.0, 5.0, 5),
-    }[args.mode]
+    tiny = args.mode == "tiny" or (args.mode == "gpu" and args.dry_run)
+    call_budget, metric_budget, min_reps = (
+        (4.0, 0.02, 2)
+        if tiny
+        else {
+            "gpu": (4.0, 1.0, 3),
+            "quick": (4.0, 1.0, 3),
+            "full": (30.0, 5.0, 5),
+        }[args.mode]
+    )
     if args.cpu_call_budget is not None:
         call_budget = args.cpu_call_budget
     return Settings(
@@ -163,7 +189,7 @@ def settings_for(args: argparse.Namespace, device: torch.device) -> Settings:
         cpu_call_budget_s=call_budget,
         cpu_metric_budget_s=metric_budget,
         min_reps=min_reps,
-        parity=args.parity,
+        parity=args.parity and args.mode != "gpu",  # the CUDA tier checks parity there
     )
 
 
@@ -178,17 +204,14 @@ def run(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    plan = build_plan(args.mode, cuda=device.type == "cuda")
     recorder = Recorder(device_name(device), torch.__version__, triton_version())
+    _record_device_limits(recorder, device, args.mode)
+    if args.mode == "gpu":
+        _run_gpu_profile(args, device, recorder, out, start)
+        return out
+    plan = build_plan(args.mode, cuda=device.type == "cuda")
     steps = len(plan.cases) + (3 if args.parity else 0) + int(args.kernel_report)
     progress = Progress(steps, enabled=not args.quiet)
-    if device.type != "cuda":
-        _record_cpu_limits(recorder)
-    elif os.environ.get("TRITON_INTERPRET") == "1":
-        # The interpreter would run the kernels on the host: every Triton number wrong.
-        note = "TRITON_INTERPRET=1 on a CUDA machine: Triton timings are interpreter timings"
-        print(f"warning: {note}; unset it to benchmark the compiled kernels", file=sys.stderr)
-        recorder.add(None, "triton", "info", note=note, config="all")
     try:
         Runner(settings_for(args, device), recorder, progress).run(plan)
         if args.kernel_report:
@@ -202,6 +225,45 @@ def run(args: argparse.Namespace) -> Path:
         recorder.write(out / "results.csv")
     _finish(recorder.rows, out)
     return out
+
+
+def _run_gpu_profile(
+    args: argparse.Namespace, device: torch.device, recorder: Recorder, out: Path, start: float
+) -> None:
+    """``--gpu``: the budgeted profile (bench/gpu_profile.py), then plots and summary.
+    SIGTERM (a time limit) still writes the CSV, the plots and the summary."""
+    from . import gpu_profile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through finally
+    try:
+        gpu_profile.run(
+            settings_for(args, device),
+            recorder,
+            out,
+            budget_s=args.budget_s,
+            dry_run=args.dry_run,
+            quiet=args.quiet,
+        )
+    finally:
+        wall = time.perf_counter() - start
+        recorder.add(None, "all", "wall_s", wall, "whole run, --gpu", config="run")
+        recorder.write(out / "results.csv")
+        _finish(recorder.rows, out)
+    print(f"GPU profile: {wall:.0f} s in all", flush=True)
+
+
+def _record_device_limits(recorder: Recorder, device: torch.device, mode: str) -> None:
+    """Say in the CSV (and on stderr) what this device cannot measure."""
+    if device.type != "cuda" and mode == "gpu":
+        note = "GPU profile on CPU: a dry run of its plumbing; Triton is interpreted, not timed"
+        recorder.add(None, "all", "info", note=note, config="all")
+    elif device.type != "cuda":
+        _record_cpu_limits(recorder)
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        # The interpreter would run the kernels on the host: every Triton number wrong.
+        note = "TRITON_INTERPRET=1 on a CUDA machine: Triton timings are interpreter timings"
+        print(f"warning: {note}; unset it to benchmark the compiled kernels", file=sys.stderr)
+        recorder.add(None, "triton", "info", note=note, config="all")
 
 
 def _record_cpu_limits(recorder: Recorder) -> None:

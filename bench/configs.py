@@ -304,3 +304,43 @@ def _dedupe(cases: list[Case]) -> list[Case]:
 
 def _dedupe_skips(skips: list[Skipped]) -> list[Skipped]:
     return list(dict.fromkeys(skips))
+
+
+# ---------------------------------------------------------------------------------------
+# The GPU profile (``--gpu``): what a lent GPU measures within a few minutes.
+# ---------------------------------------------------------------------------------------
+#: Goal dtypes of the GPU profile, most important first.
+GPU_DTYPES = ("bf16", "fp32")
+#: Sizes whose fp32 op cases also time torch.compile of the reference (its compile takes
+#: about a minute): the smallest named point only, and last, when time is left.
+GPU_COMPILE_SIZES = ((64, 128),)
+#: The dry run's stand-ins for the named points: toy maps, for checking the plumbing.
+GPU_DRY_RUN_SIZES = ((8, 8), (8, 16), (16, 16))
+
+
+def build_gpu_plan(*, dry_run: bool = False) -> Plan:
+    """The cases of the GPU profile, in the order they run (a budget cut drops the tail).
+
+    The named Cityscapes points (s16, s8, s4: 64x128, 128x256, 256x512) at the goal
+    configuration (batch 2, dim 256, G 1, N 9) for every kind, bfloat16 first, then
+    float32; the float32 cases that also compile (GPU_COMPILE_SIZES) come last.
+
+    ``dry_run`` keeps the structure with toy maps (GPU_DRY_RUN_SIZES, dim 16) labelled
+    as the size sweep, so a CPU run draws every plot.
+    """
+    if dry_run:
+        sizes, dim, names = GPU_DRY_RUN_SIZES, 16, dict.fromkeys(GPU_DRY_RUN_SIZES, "size")
+        compile_sizes = {GPU_DRY_RUN_SIZES[0]}
+    else:
+        sizes = tuple(sorted(NAMED, key=lambda hw: hw[0] * hw[1]))
+        dim, names, compile_sizes = BASE_DIM, NAMED, set(GPU_COMPILE_SIZES)
+    cases = [
+        replace(case, compile=case.dtype == "fp32" and size in compile_sizes and kind != "module")
+        for dtype in GPU_DTYPES
+        for size in sizes
+        for kind in KINDS
+        for case in [make_case(kind, size, config=names[size], dim=dim, dtype=dtype)]
+    ]
+    # Every case of a compile size (the compiled peers' eager baselines too) runs last.
+    last = [c for c in cases if c.dtype == "fp32" and (c.map_h, c.map_w) in compile_sizes]
+    return Plan([c for c in cases if c not in last] + last, [])
