@@ -8,6 +8,7 @@ and on CUDA peak memory and the fraction of the I/O-floor bandwidth achieved.
 
 Writes to ``--out`` (default ``bench/results/<device>/``): results.csv (every
 measurement), summary.md, kernel_report.json and PNG plots. See ``--help``.
+``--gpu`` is the budgeted profile of ``make gpu-check`` (bench/gpu_profile.py).
 """
 
 from __future__ import annotations
@@ -169,16 +170,13 @@ def default_arch(device: torch.device) -> int:
 
 def settings_for(args: argparse.Namespace, device: torch.device) -> Settings:
     # Per mode: (seconds one eager fwd+bwd may take, seconds per timed metric, min calls).
-    tiny = args.mode == "tiny" or (args.mode == "gpu" and args.dry_run)
-    call_budget, metric_budget, min_reps = (
-        (4.0, 0.02, 2)
-        if tiny
-        else {
-            "gpu": (4.0, 1.0, 3),
-            "quick": (4.0, 1.0, 3),
-            "full": (30.0, 5.0, 5),
-        }[args.mode]
-    )
+    mode = "tiny" if args.mode == "gpu" and args.dry_run else args.mode
+    call_budget, metric_budget, min_reps = {
+        "tiny": (4.0, 0.02, 2),
+        "quick": (4.0, 1.0, 3),
+        "full": (30.0, 5.0, 5),
+        "gpu": (4.0, 1.0, 3),
+    }[mode]
     if args.cpu_call_budget is not None:
         call_budget = args.cpu_call_budget
     return Settings(

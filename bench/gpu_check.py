@@ -257,48 +257,58 @@ def _tests_note(log: Path) -> str:
     return finals[-1] if finals else "no summary line (stopped?)"
 
 
+TESTS_STEP = "CUDA tier (pytest -m cuda)"
+BENCH_STEP = "benchmark profile (--gpu)"
+
+
+def run_tests(args: argparse.Namespace, out: Path, deadline: float, env: dict) -> Step:
+    """The CUDA tier, stopped at TESTS_LIMIT_S (or earlier, to leave the profile a minute)."""
+    if args.skip_tests:
+        return Step(TESTS_STEP, None, 0.0, "--skip-tests")
+    print(f"gpu-check: {TESTS_STEP}", flush=True)
+    start = time.perf_counter()
+    limit = min(TESTS_LIMIT_S, deadline - start - 60.0)
+    log = out / "pytest_cuda.log"
+    status = run_logged(tests_command(args.workers, args.dry_run), log, limit, env)
+    return Step(TESTS_STEP, status, time.perf_counter() - start, _tests_note(log))
+
+
+def run_bench(args: argparse.Namespace, out: Path, deadline: float, env: dict) -> Step:
+    """The GPU profile, with a budget that ends it by the deadline."""
+    if args.skip_bench:
+        return Step(BENCH_STEP, None, 0.0, "--skip-bench")
+    print(f"gpu-check: {BENCH_STEP}", flush=True)
+    start = time.perf_counter()
+    budget = max(30.0, min(BENCH_BUDGET_S, deadline - start - KILL_GRACE_S))
+    cmd = bench_command(out, budget, args.dry_run, args.bench_arg)
+    status = run_logged(cmd, out / "bench.log", budget + KILL_GRACE_S, env)
+    return Step(BENCH_STEP, status, time.perf_counter() - start, f"budget {budget:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM (an outer time limit) unwinds through the finally clauses: the children's
+    # process groups are stopped and gpu_check.md says how far the run got.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
     deadline = start + args.total_s
     default_out = Path(tempfile.gettempdir()) / "ddsm-gpu-check-dry-run"
     out = args.out or (default_out if args.dry_run else RESULTS_ROOT / card_slug())
     out.mkdir(parents=True, exist_ok=True)
     print(f"gpu-check: writing {out}", flush=True)
-    steps: list[Step] = []
     env = _child_env(args.dry_run)
-
-    t0 = time.perf_counter()
-    write_environment(out)
-    steps.append(Step("versions, nvidia-smi", 0, time.perf_counter() - t0))
-
-    if args.skip_tests:
-        steps.append(Step("CUDA tier (pytest -m cuda)", None, 0.0, "--skip-tests"))
-    else:
-        print("gpu-check: CUDA tier (pytest -m cuda)", flush=True)
-        t0 = time.perf_counter()
-        limit = min(TESTS_LIMIT_S, deadline - t0 - 60.0)
-        log = out / "pytest_cuda.log"
-        status = run_logged(tests_command(args.workers, args.dry_run), log, limit, env)
-        steps.append(
-            Step("CUDA tier (pytest -m cuda)", status, time.perf_counter() - t0, _tests_note(log))
-        )
-
-    if args.skip_bench:
-        steps.append(Step("benchmark profile (--gpu)", None, 0.0, "--skip-bench"))
-    else:
-        print("gpu-check: benchmark profile (python -m ddsm_triton.bench --gpu)", flush=True)
-        t0 = time.perf_counter()
-        budget = max(30.0, min(BENCH_BUDGET_S, deadline - t0 - KILL_GRACE_S))
-        cmd = bench_command(out, budget, args.dry_run, args.bench_arg)
-        status = run_logged(cmd, out / "bench.log", budget + KILL_GRACE_S, env)
-        steps.append(Step("benchmark profile (--gpu)", status, time.perf_counter() - t0))
-
-    total = time.perf_counter() - start
-    write_report(out, steps, total, args.dry_run)
-    for s in steps:
-        print(f"gpu-check: {s.name}: {s.verdict} in {s.seconds:.0f} s {s.note}", flush=True)
-    print(f"gpu-check: total {total:.0f} s; everything is in {out}", flush=True)
+    steps: list[Step] = []
+    try:
+        write_environment(out)
+        steps.append(Step("versions, nvidia-smi", 0, time.perf_counter() - start))
+        steps.append(run_tests(args, out, deadline, env))
+        steps.append(run_bench(args, out, deadline, env))
+    finally:
+        total = time.perf_counter() - start
+        write_report(out, steps, total, args.dry_run)
+        for s in steps:
+            print(f"gpu-check: {s.name}: {s.verdict} in {s.seconds:.0f} s; {s.note}", flush=True)
+        print(f"gpu-check: total {total:.0f} s; everything is in {out}", flush=True)
     return max((s.status or 0 for s in steps), default=0)
 
 

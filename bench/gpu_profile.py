@@ -66,27 +66,27 @@ class CheckpointProgress(Progress):
 
 @dataclass
 class Budget:
-    """When to stop starting cases: each case's cost is guessed from the slowest case of
-    its kind already run, scaled by pixels (eager costs grow linearly with the map)."""
+    """When to stop starting cases. A case is guessed to take as long as the last case of
+    its kind, up to twice that for a larger map: at these sizes fixed costs (compiling,
+    autotuning, do_bench's minimum run) weigh as much as the pixels."""
 
     deadline: float  # time.perf_counter() value
     device_type: str
-    seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (pixels, s)
+    last: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (pixels, s)
 
     def estimate(self, case: Case) -> float:
-        pixels, seconds = self.seen.get(case.kind, (0, 0.0))
-        guess = seconds * case.pixels / pixels if pixels else FIRST_CASE_S[self.device_type]
-        return guess + (COMPILE_S[self.device_type] if case.compile else 0.0)
+        compile_s = COMPILE_S[self.device_type] if case.compile else 0.0
+        if case.kind not in self.last:
+            return FIRST_CASE_S[self.device_type] + compile_s
+        pixels, seconds = self.last[case.kind]
+        return seconds * min(2.0, max(1.0, case.pixels / pixels)) + compile_s
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
 
     def observe(self, case: Case, seconds: float) -> None:
-        if case.compile:
-            return  # its compile would inflate every later estimate
-        pixels, old = self.seen.get(case.kind, (0, 0.0))
-        if not pixels or seconds / case.pixels > old / pixels:
-            self.seen[case.kind] = (case.pixels, seconds)
+        if not case.compile:  # a compile would inflate the next guess
+            self.last[case.kind] = (case.pixels, seconds)
 
 
 def run(
@@ -165,6 +165,7 @@ def _device_us(event) -> float:
 def profile_rows(fn: Callable[[], None], device: torch.device) -> list[tuple[str, int, float]]:
     """(kernel or op name, calls, total self time in us) of ``PROFILE_ITERS`` calls of
     ``fn``, slowest first: GPU kernels on CUDA, host ops on CPU."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -178,12 +179,14 @@ def profile_rows(fn: Callable[[], None], device: torch.device) -> list[tuple[str
             fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    rows = []
-    for event in prof.key_averages():
-        us = _device_us(event) if device.type == "cuda" else float(event.self_cpu_time_total)
-        if us > 0:
-            rows.append((event.key, int(event.count), us))
-    return sorted(rows, key=lambda r: -r[2])
+    events = list(prof.key_averages())
+    if device.type == "cuda":
+        # Kernels only: a host op's self device time repeats its kernels' time.
+        kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+        rows = [(e.key, int(e.count), _device_us(e)) for e in kernels or events]
+    else:
+        rows = [(e.key, int(e.count), float(e.self_cpu_time_total)) for e in events]
+    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
 
 
 def _profiled_cases(cases: list[Case]) -> list[Case]:
