@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
 
 from ddsm_triton import dynamic_sample_attention
 
@@ -173,7 +174,8 @@ def check_against_reference(
 
 
 class DdsmOpCalls(TorchDispatchMode):
-    """The first call of every ``ddsm::`` op under this mode: (op, cloned args, kwargs)."""
+    """Records, per ``ddsm::`` op, its first call under this mode: (op, arguments with
+    tensors cloned as passed, strides kept, keyword arguments)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,8 +183,7 @@ class DdsmOpCalls(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func._schema.name
-        if name.startswith("ddsm::") and name not in self.calls:
-            keep = [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args]
-            self.calls[name] = (func, tuple(keep), dict(kwargs))
+        if func.namespace == "ddsm" and func._schema.name not in self.calls:
+            cloned = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), args)
+            self.calls[func._schema.name] = (func, cloned, kwargs)
         return func(*args, **kwargs)
