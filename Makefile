@@ -49,7 +49,7 @@ bench-full: $(STAMP)
 # On a machine with a CUDA GPU: no venv, no pins, no registry. Installs this checkout
 # editable into $(PYTHON) (which must already hold torch, triton, pytest, matplotlib),
 # runs the CUDA tier and the GPU benchmark profile, writes bench/results/<card>/ and
-# prints the total (<= 8 minutes on an H100). GPU_CHECK_ARGS=--dry-run checks the
+# prints the total (time limits stop it within 7.5 minutes). GPU_CHECK_ARGS=--dry-run checks the
 # plumbing on CPU with toy shapes; see `$(PYTHON) -m ddsm_triton.bench.gpu_check --help`.
 GPU_CHECK_ARGS ?=
 
