@@ -183,7 +183,8 @@ class DdsmOpCalls(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.namespace == "ddsm" and func._schema.name not in self.calls:
+        name = func._schema.name  # "ddsm::dsa_forward"
+        if name.startswith("ddsm::") and name not in self.calls:
             cloned = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), args)
-            self.calls[func._schema.name] = (func, cloned, kwargs)
+            self.calls[name] = (func, cloned, kwargs)
         return func(*args, **kwargs)
