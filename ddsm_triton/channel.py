@@ -21,7 +21,7 @@ from ddsm_triton._validation import (
     check_odd_square,
     check_positive_int,
 )
-from ddsm_triton.layout import channel_linear, resize, to_offsets
+from ddsm_triton.layout import channel_linear, conv_channels_last, resize, to_offsets
 from ddsm_triton.ops import dynamic_sample_attention
 
 
@@ -99,7 +99,7 @@ class ChannelDynamicAffinity(nn.Module):
         key = channel_linear(both, self.key.weight, self.key.bias)
         # The offset conv sees the key descriptors as an a*a-channel image on the s x s
         # grid; that view is channels_last, so the offsets come out (B, s, s, 2*Nc).
-        offsets = self.offset(key.transpose(1, 2).unflatten(2, (s, s)))
+        offsets = conv_channels_last(self.offset, key.transpose(1, 2).unflatten(2, (s, s)))
 
         high = self._downsample(x_high)
         value = channel_linear(high, self.value.weight, self.value.bias)  # (B, dim, h'*w')

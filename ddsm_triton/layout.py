@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def rows_to_heads(rows: torch.Tensor, size: tuple[int, int], groups: int) -> torch.Tensor:
@@ -70,6 +71,18 @@ def channel_linear(
     if bias is None:
         return torch.bmm(matrix, x.flatten(2))
     return torch.baddbmm(bias[:, None], matrix, x.flatten(2))
+
+
+def conv_channels_last(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` in channels_last memory, so ``to_offsets`` of it is a contiguous view.
+
+    A channels_last input alone does not settle the output's format (at batch 1 the
+    CPU convolution picked NCHW); a channels_last weight does. Copying the weight
+    costs its size, not the feature map's.
+    """
+    return conv._conv_forward(
+        x, conv.weight.contiguous(memory_format=torch.channels_last), conv.bias
+    )
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ddsm_triton._validation import (
     check_positive_int,
 )
 from ddsm_triton.layout import (
+    conv_channels_last,
     heads_to_rows,
     pixel_linear,
     pixel_rows,
@@ -110,7 +111,7 @@ class SpatialDynamicAffinity(nn.Module):
         # A 3x3 convolution does not commute: the offsets need up(x_high') itself.
         # Concatenating pixel rows gives a channels_last map, so the offsets are too.
         both = torch.cat([low, pixel_rows(resize(x_high, size))], dim=2)
-        offsets = self.offset(rows_to_map(both, size))
+        offsets = conv_channels_last(self.offset, rows_to_map(both, size))
 
         out = dynamic_sample_attention(
             rows_to_heads(query, size, self.groups),
