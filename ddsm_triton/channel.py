@@ -55,11 +55,14 @@ class ChannelDynamicAffinity(nn.Module):
         super().__init__()
         check_positive_int("low_channels", low_channels)
         check_positive_int("high_channels", high_channels)
+        hint = "" if dim is not None else " (dim defaults to low_channels; pass a square dim)"
         dim = low_channels if dim is None else dim
         check_positive_int("dim", dim)
         side = math.isqrt(dim)
         if side * side != dim:
-            raise ValueError(f"dim must be a perfect square s*s for the channel branch, got {dim}")
+            raise ValueError(
+                f"dim must be a perfect square s*s for the channel branch, got {dim}{hint}"
+            )
         check_positive_int("channel_kernel_size", channel_kernel_size)
         self.num_samples = channel_kernel_size * channel_kernel_size
         check_odd_square("channel_kernel_size**2", self.num_samples)

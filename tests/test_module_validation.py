@@ -69,6 +69,13 @@ def test_pos_embed_must_be_a_bool(module, value):
         module(16, 8, pos_embed=value)
 
 
+def test_default_dim_that_is_not_square_says_where_it_came_from():
+    with pytest.raises(ValueError, match=r"got 12 \(dim defaults to low_channels; pass a square"):
+        DDSM(12, 8)
+    with pytest.raises(ValueError, match=r"perfect square.*got 12$"):
+        DDSM(16, 8, dim=12)
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_autocast_accepts_inputs_of_other_dtypes(module):
     """Under autocast the convolutions cast whatever comes in: a float32 module takes
