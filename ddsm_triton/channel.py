@@ -40,6 +40,9 @@ class ChannelDynamicAffinity(nn.Module):
 
     Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
     the branch's contribution ``x_c`` (no residual added here).
+
+    Parameters are SPEC section 2's convolutions (names and shapes are the
+    state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
     """
 
     def __init__(
