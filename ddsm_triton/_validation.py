@@ -118,7 +118,8 @@ def check_feature_maps(
     check_tensor("x_low", x_low, 4)
     check_tensor("x_high", x_high, 4)
     check_same(("x_low", "x_high"), (x_low, x_high), "device")
-    check_same(("x_low", "x_high"), (x_low, x_high), "dtype")
+    if not autocast_enabled(x_low.device):  # under autocast the convolutions cast both
+        check_same(("x_low", "x_high"), (x_low, x_high), "dtype")
     for name, x, channels in (("x_low", x_low, low_channels), ("x_high", x_high, high_channels)):
         if x.shape[1] != channels:
             raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
@@ -128,3 +129,37 @@ def check_feature_maps(
         raise ValueError(
             f"x_high must have the batch size of x_low ({x_low.shape[0]}), got {x_high.shape[0]}"
         )
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether ``torch.autocast`` is on for ``device``'s type (never, for types such
+    as meta that autocast does not know)."""
+    kind = device.type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A Python bool: ``"no"``, ``0`` or ``None`` would silently mean something else."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_module_inputs(
+    names: Sequence[str], tensors: Sequence[torch.Tensor], parameter: torch.Tensor
+) -> None:
+    """Module inputs live on the module's device and, outside ``torch.autocast``,
+    have its parameters' dtype (a convolution would otherwise fail deep inside)."""
+    for name, t in zip(names, tensors, strict=True):
+        if t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+        if t.device != parameter.device:
+            raise ValueError(
+                f"{name} must be on the module's device ({parameter.device}), got {t.device}; "
+                "move the module or the input with .to(device)"
+            )
+        if t.dtype != parameter.dtype and not autocast_enabled(t.device):
+            raise TypeError(
+                f"{name} must have the module's dtype ({parameter.dtype}), got {t.dtype}; "
+                "convert one with .to(dtype), or run under torch.autocast"
+            )

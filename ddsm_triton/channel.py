@@ -17,10 +17,11 @@ from torch import nn
 from ddsm_triton._validation import (
     check_backend,
     check_feature_maps,
+    check_module_inputs,
     check_odd_square,
     check_positive_int,
 )
-from ddsm_triton.layout import to_offsets
+from ddsm_triton.layout import channel_linear, conv_channels_last, resize, to_offsets
 from ddsm_triton.ops import dynamic_sample_attention
 
 
@@ -39,6 +40,9 @@ class ChannelDynamicAffinity(nn.Module):
 
     Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
     the branch's contribution ``x_c`` (no residual added here).
+
+    Parameters are SPEC section 2's convolutions (names and shapes are the
+    state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
     """
 
     def __init__(
@@ -54,11 +58,14 @@ class ChannelDynamicAffinity(nn.Module):
         super().__init__()
         check_positive_int("low_channels", low_channels)
         check_positive_int("high_channels", high_channels)
+        hint = "" if dim is not None else " (dim defaults to low_channels; pass a square dim)"
         dim = low_channels if dim is None else dim
         check_positive_int("dim", dim)
         side = math.isqrt(dim)
         if side * side != dim:
-            raise ValueError(f"dim must be a perfect square s*s for the channel branch, got {dim}")
+            raise ValueError(
+                f"dim must be a perfect square s*s for the channel branch, got {dim}{hint}"
+            )
         check_positive_int("channel_kernel_size", channel_kernel_size)
         self.num_samples = channel_kernel_size * channel_kernel_size
         check_odd_square("channel_kernel_size**2", self.num_samples)
@@ -84,32 +91,40 @@ class ChannelDynamicAffinity(nn.Module):
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
         check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
+        check_module_inputs(("x_low", "x_high"), (x_low, x_high), self.proj.weight)
         B = x_low.shape[0]
-        H, W = x_low.shape[-2:]
         s, a = self.side, self.pool_size
+        # Every 1x1 convolution here already runs at its input's lowest resolution
+        # (pooled maps, down(x_high), and proj before up), so nothing is left to save.
         pooled_low = F.adaptive_avg_pool2d(x_low, a)
         pooled_high = F.adaptive_avg_pool2d(x_high, a)
-        # (B, dim, a*a): channel c holds an a*a descriptor and sits at (c // s, c % s).
-        query = self.query(pooled_low).flatten(2)
-        key = self.key(torch.cat([pooled_low, pooled_high], dim=1)).flatten(2)
-        # The offset conv sees the key descriptors as an a*a-channel image on the s x s grid.
-        offsets = self.offset(key.transpose(1, 2).reshape(B, a * a, s, s))
+        # (B, dim, a*a), contiguous in any input memory format: channel c holds an
+        # a*a descriptor and sits at (c // s, c % s).
+        query = channel_linear(pooled_low, self.query.weight, self.query.bias)
+        both = torch.cat([pooled_low, pooled_high], dim=1)
+        key = channel_linear(both, self.key.weight, self.key.bias)
+        # The offset conv sees the key descriptors as an a*a-channel image on the s x s
+        # grid; that view is channels_last, so the offsets come out (B, s, s, 2*Nc).
+        offsets = conv_channels_last(self.offset, key.transpose(1, 2).unflatten(2, (s, s)))
 
         high = self._downsample(x_high)
-        value = self.value(high)  # (B, dim, h', w')
+        value = channel_linear(high, self.value.weight, self.value.bias)  # (B, dim, h'*w')
         out = dynamic_sample_attention(
-            query.reshape(B, s, s, 1, a * a),
-            key.reshape(B, s, s, 1, a * a),
-            value.reshape(B, s, s, 1, value.shape[-2] * value.shape[-1]),
+            query.view(B, s, s, 1, a * a),
+            key.view(B, s, s, 1, a * a),
+            value.view(B, s, s, 1, value.shape[-1]),
             to_offsets(offsets, 1, self.num_samples),
             backend=self.backend,
         )
-        out = self.proj(out.reshape(value.shape))
+        out = channel_linear(
+            out.view(B, self.dim, *high.shape[-2:]), self.proj.weight, self.proj.bias
+        )
+        out = out.unflatten(2, high.shape[-2:])
         if out.shape[-2:] == (1, 1):
             # Bilinear resizing of one pixel is a broadcast; saying so also avoids an
             # inductor assertion (torch 2.13) when compiling a 1x1 -> (H, W) resize.
-            return out.expand(-1, -1, H, W)
-        return F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+            return out.expand(-1, -1, *x_low.shape[-2:])
+        return resize(out, x_low.shape[-2:])
 
     def _downsample(self, x: torch.Tensor) -> torch.Tensor:
         """Average pooling by ``value_down``, kept at least 1 x 1.

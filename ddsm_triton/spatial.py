@@ -4,16 +4,27 @@ high-level map at N learned positions and pulls its semantics in."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ddsm_triton._validation import (
     check_backend,
+    check_bool,
     check_feature_maps,
+    check_module_inputs,
     check_odd_square,
     check_positive_int,
 )
-from ddsm_triton.layout import from_heads, to_heads, to_offsets
+from ddsm_triton.layout import (
+    conv_channels_last,
+    heads_to_rows,
+    pixel_linear,
+    pixel_rows,
+    resize,
+    resize_rows,
+    rows_to_heads,
+    rows_to_map,
+    to_offsets,
+)
 from ddsm_triton.ops import dynamic_sample_attention
 from ddsm_triton.position_embedding import sine_position_embedding
 
@@ -34,6 +45,9 @@ class SpatialDynamicAffinity(nn.Module):
 
     Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
     the branch's contribution ``x_s`` (no residual added here).
+
+    Parameters are SPEC section 2's convolutions (names and shapes are the
+    state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
     """
 
     def __init__(
@@ -62,7 +76,7 @@ class SpatialDynamicAffinity(nn.Module):
         self.kernel_size = kernel_size
         self.dilation = check_positive_int("dilation", dilation)
         self.groups = groups
-        self.pos_embed = pos_embed
+        self.pos_embed = check_bool("pos_embed", pos_embed)
         self.backend = check_backend(backend)
 
         both = low_channels + high_channels
@@ -77,22 +91,40 @@ class SpatialDynamicAffinity(nn.Module):
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
         check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
-        H, W = x_low.shape[-2:]
+        check_module_inputs(("x_low", "x_high"), (x_low, x_high), self.proj.weight)
+        size, high_size = x_low.shape[-2:], x_high.shape[-2:]
         if self.pos_embed:
             x_low = x_low + self._embedding(x_low)
             x_high = x_high + self._embedding(x_high)
-        x_high = F.interpolate(x_high, size=(H, W), mode="bilinear", align_corners=False)
-        both = torch.cat([x_low, x_high], dim=1)
+        low, high = pixel_rows(x_low), pixel_rows(x_high)  # (B, pixels, C) views
+
+        # A 1x1 convolution commutes with bilinear resizing (its weights sum to 1), so
+        # value = Conv1x1(up(x_high')) is computed as up(Conv1x1(x_high')) at x_high's
+        # resolution, and so is the x_high' half of the key's weights. Exact, and the
+        # parameters are SPEC section 2's. Each projection is written (B, H*W, dim)
+        # contiguous, so the op's (B, H, W, G, D) inputs are views, never copies.
+        key_low, key_high = self.key.weight.flatten(1).split(
+            [self.low_channels, self.high_channels], dim=1
+        )
+        query = pixel_linear(low, self.query.weight, self.query.bias)
+        key = pixel_linear(low, key_low, self.key.bias) + resize_rows(
+            pixel_linear(high, key_high), high_size, size
+        )
+        value = resize_rows(pixel_linear(high, self.value.weight, self.value.bias), high_size, size)
+        # A 3x3 convolution does not commute: the offsets need up(x_high') itself.
+        # Concatenating pixel rows gives a channels_last map, so the offsets are too.
+        both = torch.cat([low, pixel_rows(resize(x_high, size))], dim=2)
+        offsets = conv_channels_last(self.offset, rows_to_map(both, size))
 
         out = dynamic_sample_attention(
-            to_heads(self.query(x_low), self.groups),
-            to_heads(self.key(both), self.groups),
-            to_heads(self.value(x_high), self.groups),
-            to_offsets(self.offset(both), self.groups, self.num_samples),
+            rows_to_heads(query, size, self.groups),
+            rows_to_heads(key, size, self.groups),
+            rows_to_heads(value, size, self.groups),
+            to_offsets(offsets, self.groups, self.num_samples),
             dilation=self.dilation,
             backend=self.backend,
         )
-        return self.proj(from_heads(out))
+        return rows_to_map(pixel_linear(heads_to_rows(out), self.proj.weight, self.proj.bias), size)
 
     @staticmethod
     def _embedding(x: torch.Tensor) -> torch.Tensor:

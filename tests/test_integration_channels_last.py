@@ -1,10 +1,10 @@
-"""channels_last feature maps: same results, and no needless copies on the way in.
+"""Memory formats: same results for NCHW and channels_last, and no copies on the way in.
 
-A 1x1 (or 3x3) conv output in channels_last memory is (B, H, W, C) contiguous, so
-the spatial branch's ``to_heads`` / ``to_offsets`` views hand the op contiguous
-tensors that share the conv outputs' storage: the Triton wrapper's
-``.contiguous()`` is then free. (The channel branch lays *channels* on its grid,
-so it wants the default layout; its tensors are small pooled maps.)
+Both branches write their projections in the op's layout with batched matmuls
+(spatial: a row per pixel, channel: a row per channel), whatever the input's memory
+format, so the four tensors handed to the op are contiguous views and the kernel
+wrapper's ``.contiguous()`` is free, in forward and in backward (the op saves its
+inputs, and the gradient reaching it comes out of a matmul).
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ddsm_triton.channel
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
 BACKENDS = ["reference", "triton"]
 CL = torch.channels_last
+FORMATS = [
+    pytest.param(torch.contiguous_format, id="nchw"),
+    pytest.param(CL, id="channels_last"),
+]
 
 
 def _layer(backend: str) -> DDSM:
@@ -26,6 +31,12 @@ def _layer(backend: str) -> DDSM:
         layer.spatial.offset.weight.normal_(0, 0.2)
         layer.channel.offset.weight.normal_(0, 0.2)
     return layer
+
+
+def _inputs(memory_format: torch.memory_format, batch: int = 1):
+    x_low = torch.randn(batch, 8, 8, 8).contiguous(memory_format=memory_format)
+    x_high = torch.randn(batch, 12, 4, 4).contiguous(memory_format=memory_format)
+    return x_low.requires_grad_(), x_high.requires_grad_()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -43,7 +54,7 @@ def test_channels_last_matches_default_layout(backend: str) -> None:
         (y * weight).sum().backward()
         results.append((y, a.grad, b.grad, [p.grad.clone() for p in layer.parameters()]))
     (y0, a0, b0, g0), (y1, a1, b1, g1) = results
-    assert y1.is_contiguous(memory_format=CL)
+    assert y0.is_contiguous() and y1.is_contiguous(memory_format=CL)  # y follows x_low
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a1, a0, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b1, b0, rtol=1e-4, atol=1e-5)
@@ -51,78 +62,75 @@ def test_channels_last_matches_default_layout(backend: str) -> None:
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
 
 
-def _record_spatial(layer: DDSM, monkeypatch: pytest.MonkeyPatch):
-    """Hooks recording the spatial convs' outputs, the op's inputs and output, and
-    the output projection's input."""
-    record: dict[str, torch.Tensor] = {}
-    for name in ("query", "key", "value", "offset"):
-        conv = getattr(layer.spatial, name)
-        conv.register_forward_hook(lambda m, i, o, name=name: record.__setitem__(name, o))
-    layer.spatial.proj.register_forward_pre_hook(lambda m, i: record.__setitem__("proj_in", i[0]))
+def _spy_on_the_op(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, bool]]:
+    """Replace the op in both branches by a pass-through that records, per call,
+    whether each input and the gradient of its output are contiguous."""
+    calls: list[dict[str, bool]] = []
 
     def spy(*tensors: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        for name, t in zip(("op_query", "op_key", "op_value", "op_offsets"), tensors, strict=True):
-            record[name] = t
-        record["op_out"] = dynamic_sample_attention(*tensors, **kwargs)
-        return record["op_out"]
+        names = ("query", "key", "value", "offsets")
+        call = {name: t.is_contiguous() for name, t in zip(names, tensors, strict=True)}
+        calls.append(call)
+        out = dynamic_sample_attention(*tensors, **kwargs)
+        out.register_hook(lambda grad: call.__setitem__("grad_out", grad.is_contiguous()))
+        return out
 
     monkeypatch.setattr(ddsm_triton.spatial, "dynamic_sample_attention", spy)
-    return record
+    monkeypatch.setattr(ddsm_triton.channel, "dynamic_sample_attention", spy)
+    return calls
 
 
+@pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_spatial_op_inputs_are_free_views_of_channels_last_conv_outputs(
-    backend: str, monkeypatch: pytest.MonkeyPatch
+def test_op_inputs_and_output_gradient_are_contiguous(
+    backend: str, memory_format: torch.memory_format, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layer = _layer(backend).to(memory_format=CL)
-    record = _record_spatial(layer, monkeypatch)
-    layer(
-        torch.randn(1, 8, 8, 8).to(memory_format=CL), torch.randn(1, 12, 4, 4).to(memory_format=CL)
-    )
-    for name in ("query", "key", "value", "offset"):
-        conv_out = record[name]
-        op_in = record["op_offsets" if name == "offset" else f"op_{name}"]
-        assert conv_out.is_contiguous(memory_format=CL), f"{name} conv output not channels_last"
-        assert op_in.is_contiguous(), f"op {name} input is not contiguous: a copy would follow"
-        assert op_in.data_ptr() == conv_out.data_ptr(), f"op {name} input is a copy"
-    # And back: the op's (B, H, W, G, D) output is the projection's channels_last input.
-    assert record["proj_in"].is_contiguous(memory_format=CL)
-    assert record["proj_in"].data_ptr() == record["op_out"].data_ptr()
+    calls = _spy_on_the_op(monkeypatch)
+    layer = _layer(backend).to(memory_format=memory_format)
+    layer(*_inputs(memory_format)).square().sum().backward()
+    expected = dict.fromkeys(("query", "key", "value", "offsets", "grad_out"), True)
+    assert calls == [expected, expected]  # spatial, then channel branch
 
 
 class _CopyLog(TorchDispatchMode):
-    """Logs every aten copy and the inputs of every ddsm:: op."""
+    """Logs the shape of every aten copy, and whether every tensor argument of every
+    ddsm:: op (forward and backward) is contiguous."""
 
     COPIES = ("aten::clone", "aten::_to_copy", "aten::copy_", "aten::contiguous")
 
     def __init__(self) -> None:
         super().__init__()
-        self.copied: list[tuple[str, int]] = []
-        self.ddsm_inputs: list[tuple[str, list[int]]] = []
+        self.copied: list[tuple[str, tuple[int, ...]]] = []
+        self.ddsm_args: list[tuple[str, list[bool]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
         if name in self.COPIES:
-            self.copied.append((name, args[0].data_ptr()))
+            self.copied.append((name, tuple(args[0].shape)))
         elif name.startswith("ddsm::"):
-            ptrs = [a.data_ptr() for a in args if isinstance(a, torch.Tensor)]
-            self.ddsm_inputs.append((name, ptrs))
+            flags = [a.is_contiguous() for a in args if isinstance(a, torch.Tensor)]
+            self.ddsm_args.append((name, flags))
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("backend", ["triton"])
-def test_triton_path_hands_conv_outputs_to_the_kernel_without_copies(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    layer = _layer(backend).to(memory_format=CL)
-    record = _record_spatial(layer, monkeypatch)
-    x_low = torch.randn(1, 8, 8, 8).to(memory_format=CL)
-    x_high = torch.randn(1, 12, 4, 4).to(memory_format=CL)
+def _copies(layer: DDSM, memory_format: torch.memory_format, batch: int) -> _CopyLog:
+    x_low, x_high = _inputs(memory_format, batch)
+    layer.zero_grad(set_to_none=True)  # a first backward each time: .grad is created
     with _CopyLog() as log:
-        layer(x_low, x_high)
-    conv_ptrs = [record[name].data_ptr() for name in ("query", "key", "value", "offset")]
-    copied = {ptr for _, ptr in log.copied}
-    assert not copied & set(conv_ptrs), f"a spatial conv output was copied: {log.copied}"
-    forward_calls = [ptrs for name, ptrs in log.ddsm_inputs if "forward" in name]
-    assert forward_calls, f"no ddsm:: forward op ran: {log.ddsm_inputs}"
-    assert forward_calls[0][:4] == conv_ptrs  # the spatial branch's call comes first
+        layer(x_low, x_high).square().sum().backward()
+    return log
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+def test_triton_path_copies_no_activation(memory_format: torch.memory_format) -> None:
+    """Forward and backward on the Triton op: every tensor a kernel receives is
+    contiguous (so its wrapper copies nothing), and the copies left in the layer are
+    the same at batch 1 and batch 3, so none is of a feature map: they are
+    parameter-sized (weight and gradient layouts) or the position embeddings."""
+    layer = _layer("triton").to(memory_format=memory_format)
+    one, three = _copies(layer, memory_format, 1), _copies(layer, memory_format, 3)
+    names = [name for name, _ in three.ddsm_args]
+    assert any("forward" in n for n in names) and any("backward" in n for n in names), names
+    for name, flags in three.ddsm_args:
+        assert all(flags), f"{name} received a non-contiguous tensor: {flags}"
+    assert one.copied == three.copied, f"a copy scales with the batch: {three.copied}"

@@ -16,7 +16,7 @@ from ddsm_triton import (
     SpatialDynamicAffinity,
     sine_position_embedding,
 )
-from ddsm_triton.layout import from_heads, to_heads, to_offsets
+from ddsm_triton.layout import heads_to_rows, pixel_rows, rows_to_heads, rows_to_map, to_offsets
 
 F64 = torch.float64
 
@@ -178,10 +178,12 @@ def test_position_embedding_layout():
 
 def test_layout_helpers_are_views_of_channels_last_maps():
     x = torch.randn(2, 12, 5, 7).to(memory_format=torch.channels_last)
-    heads = to_heads(x, groups=3)
+    rows = pixel_rows(x)
+    assert rows.shape == (2, 35, 12) and rows.is_contiguous()
+    heads = rows_to_heads(rows, (5, 7), groups=3)
     assert heads.shape == (2, 5, 7, 3, 4) and heads.is_contiguous()
     assert heads.data_ptr() == x.data_ptr()
-    assert torch.equal(from_heads(heads), x)
+    assert torch.equal(rows_to_map(heads_to_rows(heads), (5, 7)), x)
     assert torch.equal(heads[1, 2, 3, 2], x[1, 8:12, 2, 3])
     offsets = to_offsets(torch.randn(2, 3 * 9 * 2, 5, 7), groups=3, num_samples=9)
     assert offsets.shape == (2, 5, 7, 3, 9, 2)
