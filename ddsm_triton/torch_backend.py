@@ -93,4 +93,6 @@ def dynamic_sample_attention(
         logits = clamp_to_finite(scale * torch.einsum("cdp,cdpn->cpn", q, keys))
         attn = torch.softmax(logits, dim=-1)
         out = torch.einsum("cpn,cdpn->cpd", attn, values)  # (B*G, H*W, Dv)
-    return out.view(B, G, H, W, Dv).permute(0, 2, 3, 1, 4).to(value.dtype)
+    # Contiguous (B, H, W, G, Dv), as the other backends return it: the modules view
+    # it as a channels_last map without a copy. (A copy of the output only, for G > 1.)
+    return out.view(B, G, H, W, Dv).permute(0, 2, 3, 1, 4).contiguous().to(value.dtype)

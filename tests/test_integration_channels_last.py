@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "torch", "triton"]
 CL = torch.channels_last
 
 

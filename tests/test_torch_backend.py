@@ -125,26 +125,6 @@ def test_auto_picks_torch_on_cpu_and_triton_on_cuda():
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
 
 
-def test_compiled_matches_eager():
-    """torch.compile(fullgraph=True) of the op: output and every gradient (inductor
-    has silently dropped gradients of gather-based code before, see NOTES.md)."""
-    torch._dynamo.reset()
-    inputs = [t.float() for t in make_inputs(2, 4, 5, 2, 3, 4, 9)]
-    dout = torch.randn(2, 4, 5, 2, 4, dtype=F64)
-
-    def op(q, k, v, off):
-        return dynamic_sample_attention(q, k, v, off, backend="torch")
-
-    compiled = torch.compile(op, fullgraph=True)
-    eager = run("torch", inputs, dout)
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = compiled(*leaves)
-    out.backward(dout.float())
-    for g, e in zip((out.detach(), *(t.grad for t in leaves)), eager, strict=True):
-        assert e.abs().sum() > 0
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
-
-
 def test_without_the_padding_integer_offsets_would_disagree(monkeypatch):
     """The check above can fail: with the maps left at their own size (H - 1 = 6,
     W - 1 = 9: not powers of two), grid_sample's normalisation rounds some integer
@@ -160,3 +140,10 @@ def test_without_the_padding_integer_offsets_would_disagree(monkeypatch):
     got = run("torch", inputs, dout)
     torch.testing.assert_close(got[0], expected[0], rtol=1e-10, atol=1e-10)  # values agree
     assert (got[4] - expected[4]).abs().max() > 1e-3  # the offset gradient does not
+
+
+def test_output_is_contiguous_like_the_reference():
+    """Modules view the (B, H, W, G, Dv) output as a channels_last map, copy-free."""
+    q, k, v, off = make_inputs(2, 3, 4, 3, 2, 5, 9)
+    out = dynamic_sample_attention(q, k, v, off, backend="torch")
+    assert out.is_contiguous()
