@@ -66,19 +66,9 @@ def dynamic_sample_attention(
     dilation: int = 1,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Each cell attends over N bilinear samples of the key/value maps (inputs unchecked).
-
-    Args:
-        query: (B, H, W, G, Dk).
-        key: (B, H, W, G, Dk) map that keys are sampled from.
-        value: (B, H, W, G, Dv) map that values are sampled from.
-        offsets: (B, H, W, G, N, 2) learned (dy, dx) per sample, in grid cells.
-        dilation: spacing of the regular k x k window, in grid cells.
-        scale: logit scale, default 1/sqrt(Dk).
-
-    Returns:
-        (B, H, W, G, Dv) in the dtype of ``value``; half types computed in float32.
-    """
+    """``ddsm_triton.reference.dynamic_sample_attention`` on ``F.grid_sample``: same
+    arguments, shapes ((B, H, W, G, Dk/Dv) maps, (B, H, W, G, N, 2) offsets in grid
+    cells), result and gradients. Inputs are not checked here (the public op does)."""
     B, H, W, G, Dk = query.shape
     Dv = value.shape[-1]
     if scale is None:
