@@ -277,7 +277,7 @@ def speedup_named(rows: list[dict[str, str]], path: Path) -> None:
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(_title(rows, "Speed-up at the Cityscapes configurations (dim 256, batch 2)"))
     _footnote(fig, rows)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.98))  # room for the footnote and the title
+    fig.tight_layout(rect=(0, 0.065, 1, 0.98))  # room for the footnote and the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
