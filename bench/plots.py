@@ -2,8 +2,10 @@
 
 * latency_vs_pixels.png: forward and forward+backward median latency vs feature-map
   pixels, log-log, one line per implementation (and dtype), p20-p80 band.
-* speedup_named.png: speed-up over eager at the named Cityscapes configurations
-  (plus any other size where a peer was timed, so a CPU run still shows one).
+* speedup_named.png: speed-up over eager, and over the fastest PyTorch peer at that
+  point (eager, compiled or the grid_sample backend), at the named Cityscapes
+  configurations (plus any other size where a peer was timed, so a CPU run still
+  shows one).
 * memory_vs_pixels.png: bytes saved for backward vs pixels (and CUDA peak memory).
 * bandwidth_vs_pixels.png (CUDA only): achieved fraction of the I/O floor bandwidth.
 """
@@ -24,15 +26,25 @@ from matplotlib.patches import Patch
 
 from .configs import KINDS, NAMED
 from .records import as_float
+from .summary import PYTORCH_PEERS
 
 IMPL_STYLE = {
     "eager": {"color": "tab:blue", "marker": "o", "label": "eager reference"},
     "compiled": {"color": "tab:orange", "marker": "s", "label": "torch.compile(reference)"},
+    "torch": {"color": "tab:red", "marker": "D", "label": "grid_sample (backend='torch')"},
     "triton": {"color": "tab:green", "marker": "^", "label": "Triton kernels"},
 }
 DTYPE_LINE = {"fp32": "-", "bf16": "--", "fp16": ":"}
 SWEEP_CONFIGS = {"size", *NAMED.values()}  # rows on the size sweep (base point)
 PHASES = (("fwd", "forward"), ("fwdbwd", "forward + backward"))
+#: Speed-up baselines: label and the impls drawn against it.
+BASELINES = {
+    "eager": ("the eager reference", ("compiled", "torch", "triton")),
+    "fastest": (
+        "the fastest PyTorch peer at that point (eager, compiled or torch)",
+        ("eager", "compiled", "torch", "triton"),
+    ),
+}
 
 
 def _sweep_rows(rows: Iterable[dict[str, str]], kind: str) -> list[dict[str, str]]:
@@ -158,8 +170,12 @@ def latency_vs_pixels(rows: list[dict[str, str]], path: Path) -> None:
     plt.close(fig)
 
 
-def _speedups(rows, phase: str) -> dict[tuple[str, str, str, str], dict[str, float]]:
-    """(kind, config, size, dtype) -> impl -> eager median / impl median (size sweep)."""
+def _speedups(rows, phase: str, baseline: str) -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """(kind, config, size, dtype) -> impl -> baseline median / impl median (size sweep).
+
+    ``baseline`` is "eager" (the reference) or "fastest" (the fastest plain-PyTorch
+    peer timed at that point: eager, compiled or torch).
+    """
     medians: dict[tuple[str, str, str, str], dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["metric"] == f"{phase}_ms_p50" and r["config"] in SWEEP_CONFIGS:
@@ -167,19 +183,26 @@ def _speedups(rows, phase: str) -> dict[tuple[str, str, str, str], dict[str, flo
             if value:
                 key = (r["kind"], r["config"], f"{r['map_h']}x{r['map_w']}", r["dtype"])
                 medians[key][r["impl"]] = value
-    return {
-        key: {impl: m["eager"] / v for impl, v in m.items() if impl != "eager"}
-        for key, m in medians.items()
-        if "eager" in m
-    }
+    peers = BASELINES[baseline][1]
+    speed = {}
+    for key, m in medians.items():
+        if baseline == "eager":
+            base = m.get("eager")
+        else:
+            base = min((m[impl] for impl in PYTORCH_PEERS if impl in m), default=None)
+        if base:
+            speed[key] = {impl: base / v for impl, v in m.items() if impl in peers}
+    return speed
 
 
-def _speedup_entries(rows, phase: str) -> tuple[list[tuple[str, dict[str, float]]], int]:
+def _speedup_entries(
+    rows, phase: str, baseline: str
+) -> tuple[list[tuple[str, dict[str, float]]], int]:
     """Bars to draw: every named config (timed or not), then other sizes with a peer timed.
 
     Returns (entries, number of named entries); an entry is (label, impl -> speed-up).
     """
-    speed = _speedups(rows, phase)
+    speed = _speedups(rows, phase, baseline)
     dtypes = sorted({r["dtype"] for r in rows if r["config"] in NAMED.values()}) or ["fp32"]
     entries: list[tuple[str, dict[str, float]]] = []
     for (h, w), name in sorted(NAMED.items(), key=lambda kv: kv[0][0] * kv[0][1]):
@@ -196,12 +219,14 @@ def _speedup_entries(rows, phase: str) -> tuple[list[tuple[str, dict[str, float]
 
 
 def speedup_named(rows: list[dict[str, str]], path: Path) -> None:
-    """Grouped bars of speed-up over eager at the named configs (and other timed sizes)."""
-    fig, axes = plt.subplots(2, 1, figsize=(13, 9.5), squeeze=False)
-    peers = ("compiled", "triton")
-    width = 0.38
-    for ax, (phase, phase_label) in zip(axes[:, 0], PHASES, strict=True):
-        entries, named = _speedup_entries(rows, phase)
+    """Grouped bars of speed-up at the named configs (and other timed sizes): over the
+    eager reference, and over the fastest PyTorch peer at each point."""
+    panels = [(phase, baseline) for phase in PHASES for baseline in BASELINES]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4.6 * len(panels)), squeeze=False)
+    for ax, ((phase, phase_label), baseline) in zip(axes[:, 0], panels, strict=True):
+        baseline_label, peers = BASELINES[baseline]
+        width = 0.8 / len(peers)
+        entries, named = _speedup_entries(rows, phase, baseline)
         for i, (_, values) in enumerate(entries):
             if not values:
                 ax.text(
@@ -218,7 +243,7 @@ def speedup_named(rows: list[dict[str, str]], path: Path) -> None:
                 continue
             for p, impl in enumerate(peers):
                 if impl in values:
-                    x = i + (p - 0.5) * width
+                    x = i + (p - (len(peers) - 1) / 2) * width
                     ax.bar(x, values[impl], width, color=IMPL_STYLE[impl]["color"])
                     ax.text(
                         x,
@@ -243,16 +268,16 @@ def speedup_named(rows: list[dict[str, str]], path: Path) -> None:
         ax.set_xticks(range(len(entries)), [label for label, _ in entries], fontsize=7)
         ax.set_xlim(-0.6, len(entries) - 0.4)
         ax.set_ylim(0, max([1.5] + [v * 1.15 for _, vals in entries for v in vals.values()]))
-        ax.set_ylabel("speed-up over eager (x)")
+        ax.set_ylabel(f"speed-up over {baseline} (x)")
         ax.set_title(
-            f"{phase_label}: speed-up over the eager reference (higher is better)", fontsize=10
+            f"{phase_label}: speed-up over {baseline_label} (higher is better)", fontsize=10
         )
         handles = [Patch(color=IMPL_STYLE[i]["color"], label=IMPL_STYLE[i]["label"]) for i in peers]
         ax.legend(handles=handles, fontsize=8, loc="upper left")
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(_title(rows, "Speed-up at the Cityscapes configurations (dim 256, batch 2)"))
     _footnote(fig, rows)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.tight_layout(rect=(0, 0.065, 1, 0.98))  # room for the footnote and the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -3,12 +3,14 @@
 Order within a case, and why:
 
 1. I/O floor (op cases): arithmetic only.
-2. Saved-for-backward bytes of eager and Triton under FakeTensorMode: exact, free,
-   so it is reported at every size, including those too big to run here.
+2. Saved-for-backward bytes of eager, torch (grid_sample) and Triton under
+   FakeTensorMode: exact, free, so it is reported at every size, including those
+   too big to run here.
 3. Eager: one forward+backward gives the reference outputs and gradients (and
    warms up), then forward and forward+backward are timed.
-4. Triton and torch.compile: outputs and gradients are checked against eager
-   first; a peer that is wrong is reported WRONG and not timed.
+4. The peers, torch (grid_sample), Triton and torch.compile: outputs and gradients
+   are checked against eager first; a peer that is wrong is reported WRONG and not
+   timed. On CPU, torch runs only where eager did (it is checked and compared there).
 
 On a CPU, Triton runs only in the interpreter, which is checked for parity on tiny
 cases and never timed, and eager sizes whose forward+backward would take too long
@@ -155,7 +157,8 @@ class Runner:
         self.triton_ok, self.triton_reason = triton_availability(settings.cuda)
         self.gate = CpuGate(settings.cpu_call_budget_s, available_ram_bytes())
         self.copy_gbps: float | None = None
-        self._fake_checked: set[str] = set()  # kinds whose fake count was checked for real
+        # (impl, kind) pairs whose FakeTensorMode count was checked against a real run.
+        self._fake_checked: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ plan level
     def run(self, plan: Plan) -> None:
@@ -229,6 +232,12 @@ class Runner:
         )
         self._fake_vs_real(case, "triton", wl)
 
+    def _fake_vs_real_once(self, case: Case, impl: str, wl: Workload) -> None:
+        """On CPU, check the FakeTensorMode count once per impl and kind (it is exact)."""
+        if not self.s.cuda and (impl, case.kind) not in self._fake_checked:
+            self._fake_checked.add((impl, case.kind))
+            self._fake_vs_real(case, impl, wl)
+
     def _fake_vs_real(self, case: Case, impl: str, wl: Workload) -> None:
         """Record saved bytes counted for real and the difference to FakeTensorMode."""
         real = measure.saved_bytes(lambda: wl.run(0), wl.leaves())
@@ -259,10 +268,12 @@ class Runner:
             )
 
         work = self._saved_fake(case, "eager")
+        self._saved_fake(case, "torch")
         if self.triton_ok:
             self._saved_fake(case, "triton")
 
         expected = self._eager(case, work)
+        self._torch_peer(case, expected)
 
         if not self.triton_ok:
             pass  # said once, at plan level
@@ -288,6 +299,15 @@ class Runner:
         else:
             self._guard(case, "compiled", lambda: self._peer(case, "compiled", expected))
         self._free()
+
+    def _torch_peer(self, case: Case, expected: dict | None) -> None:
+        """The grid_sample backend: checked and timed wherever eager ran (on CUDA, also
+        unchecked where eager could not run, as the other peers are)."""
+        if expected is None and not self.s.cuda:
+            note = "timing: eager did not run at this size on CPU, so nothing to check against"
+            self.rec.add(case, "torch", "skipped", note=note)
+            return
+        self._guard(case, "torch", lambda: self._peer(case, "torch", expected))
 
     def _saved_fake(self, case: Case, impl: str) -> int | None:
         """Saved-for-backward bytes under FakeTensorMode (rows written); total or None."""
@@ -332,16 +352,14 @@ class Runner:
         self.progress.status(f"{case.label}  eager")
         wl = self._workload(case, "eager")
         expected = wl.results()  # warm-up, and the ground truth for the peers
-        if not self.s.cuda and case.kind not in self._fake_checked:
-            self._fake_checked.add(case.kind)
-            self._fake_vs_real(case, "eager", wl)
+        self._fake_vs_real_once(case, "eager", wl)
         fwdbwd_ms = self._time(case, "eager", wl)
         if work is not None and fwdbwd_ms is not None:
             self.gate.observe(case.kind, work, fwdbwd_ms * 1e-3)
         return expected
 
     def _peer(self, case: Case, impl: str, expected: dict | None) -> None:
-        """Check a peer (triton, compiled) against eager, then time it if it is right."""
+        """Check a peer (torch, triton, compiled) against eager, then time it if it is right."""
         self.progress.status(f"{case.label}  {impl}" + ("  (compiling)" * (impl == "compiled")))
         start = time.perf_counter()
         wl = self._workload(case, impl)
@@ -363,6 +381,8 @@ class Runner:
             if not check.ok:
                 self.rec.add(case, impl, "skipped", note=f"not timed: {check.describe()}")
                 return
+        if impl == "torch":
+            self._fake_vs_real_once(case, impl, wl)
         if impl == "compiled":
             saved = measure.saved_bytes(lambda: wl.run(0), wl.leaves())
             self.rec.add(case, impl, "saved_bytes", saved.total, "real run")

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 
 from .records import as_float
 
-IMPLS = ("eager", "compiled", "triton")
+IMPLS = ("eager", "compiled", "torch", "triton")
+#: The plain-PyTorch implementations: a speed-up is quoted against the fastest of them.
+PYTORCH_PEERS = ("eager", "compiled", "torch")
 CASE_FIELDS = ("kind", "config", "batch", "map_h", "map_w", "dim", "groups", "samples", "dtype")
 
 
@@ -53,22 +55,81 @@ def _mib(metrics: dict, impl: str) -> str:
     return "-" if value is None else f"{value / 2**20:.0f}"
 
 
+def _case_columns(key: tuple) -> str:
+    kind, config, batch, h, w, dim, groups, samples, dtype = key
+    return (
+        f"{kind:<10} {config:<14} {h + 'x' + w:>7} {batch:>1} {dim:>3} {groups:>1} "
+        f"{samples:>2} {dtype:<4}"
+    )
+
+
+CASE_HEADER = (
+    f"{'kind':<10} {'config':<14} {'map':>7} {'B':>1} {'dim':>3} {'G':>1} {'N':>2} {'dtype':<4}"
+)
+
+
 def table(rows: list[dict[str, str]]) -> str:
     """One line per case: latency per impl (ms, median) and saved-for-backward MiB."""
     header = (
-        f"{'kind':<10} {'config':<14} {'map':>7} {'B':>1} {'dim':>3} {'G':>1} {'N':>2} "
-        f"{'dtype':<4} | {'eager fwd/f+b':>15} | {'compiled fwd/f+b':>16} | "
-        f"{'triton fwd/f+b':>15} | {'saved MiB e/c/t':>16}"
+        f"{CASE_HEADER} | {'eager fwd/f+b':>15} | {'compiled fwd/f+b':>16} | "
+        f"{'torch fwd/f+b':>15} | {'triton fwd/f+b':>15} | {'saved MiB e/c/g/t':>18}"
     )
     lines = [header, "-" * len(header)]
     for key, metrics in _cases(rows).items():
-        kind, config, batch, h, w, dim, groups, samples, dtype = key
         saved = "/".join(_mib(metrics, impl) for impl in IMPLS)
         lines.append(
-            f"{kind:<10} {config:<14} {h + 'x' + w:>7} {batch:>1} {dim:>3} {groups:>1} "
-            f"{samples:>2} {dtype:<4} | {_latency(metrics, 'eager'):>15} | "
-            f"{_latency(metrics, 'compiled'):>16} | {_latency(metrics, 'triton'):>15} | "
-            f"{saved:>16}"
+            f"{_case_columns(key)} | {_latency(metrics, 'eager'):>15} | "
+            f"{_latency(metrics, 'compiled'):>16} | {_latency(metrics, 'torch'):>15} | "
+            f"{_latency(metrics, 'triton'):>15} | {saved:>18}"
+        )
+    return "\n".join(lines)
+
+
+def _median(metrics: dict, impl: str, phase: str) -> float | None:
+    row = metrics.get((impl, f"{phase}_ms_p50"))
+    return as_float(row) if row else None
+
+
+def fastest_pytorch_peer(metrics: dict, phase: str) -> tuple[str, float] | None:
+    """(impl, median ms) of the fastest plain-PyTorch impl timed for ``phase``, or None."""
+    timed = [(t, impl) for impl in PYTORCH_PEERS if (t := _median(metrics, impl, phase))]
+    if not timed:
+        return None
+    ms, impl = min(timed)
+    return impl, ms
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.2f}x" if numerator and denominator else "-"
+
+
+def speedup_table(rows: list[dict[str, str]]) -> str:
+    """Per case: torch (grid_sample) over eager, and every impl against the fastest
+    PyTorch peer at that point (eager, compiled or torch), forward / forward+backward."""
+    header = (
+        f"{CASE_HEADER} | {'torch/eager fwd, f+b':>20} | {'fastest PyTorch fwd, f+b':>24} | "
+        + " | ".join(f"{impl + ' vs fastest':>19}" for impl in IMPLS)
+    )
+    lines = [header, "-" * len(header)]
+    for key, metrics in _cases(rows).items():
+        ratio = [
+            _ratio(_median(metrics, "eager", p), _median(metrics, "torch", p))
+            for p in ("fwd", "fwdbwd")
+        ]
+        fastest = [fastest_pytorch_peer(metrics, p) for p in ("fwd", "fwdbwd")]
+        names = ", ".join(f[0] if f else "-" for f in fastest)
+        versus = [
+            ", ".join(
+                _ratio(f[1] if f else None, _median(metrics, impl, p))
+                for f, p in zip(fastest, ("fwd", "fwdbwd"), strict=True)
+            )
+            for impl in IMPLS
+        ]
+        if all(v == "-, -" for v in versus):
+            continue  # nothing timed at this point
+        lines.append(
+            f"{_case_columns(key)} | {', '.join(ratio):>20} | {names:>24} | "
+            + " | ".join(f"{v:>19}" for v in versus)
         )
     return "\n".join(lines)
 
@@ -112,7 +173,14 @@ def render(rows: list[dict[str, str]]) -> str:
     env = rows[0] if rows else {"device": "?", "torch": "?", "triton": "?"}
     head = f"device: {env['device']} | torch {env['torch']} | triton {env['triton']}"
     legend = (
-        "latency = median ms of forward / forward+backward; saved = bytes autograd keeps "
-        "for backward (eager/compiled/triton); skip/WRONG/error: see notes"
+        "latency = median ms of forward / forward+backward; torch = the F.grid_sample "
+        "backend; saved = bytes autograd keeps for backward (eager/compiled/grid_sample "
+        "torch/triton); skip/WRONG/error: see notes"
     )
-    return "\n".join([head, legend, "", table(rows), "", *notes(rows)])
+    speed_legend = (
+        "speed-ups, forward, forward+backward: torch/eager = eager time / torch time; "
+        "X vs fastest = time of the fastest PyTorch peer (eager, compiled, torch) / time of X"
+    )
+    return "\n".join(
+        [head, legend, "", table(rows), "", speed_legend, "", speedup_table(rows), "", *notes(rows)]
+    )

@@ -4,6 +4,8 @@ Implementations ("impls"):
 
 * ``eager``: the pure-PyTorch reference, ``ddsm_triton.reference``.
 * ``compiled``: ``torch.compile`` of that same reference.
+* ``torch``: the ``F.grid_sample`` backend (``backend="torch"``), the fastest plain
+  PyTorch a user would write (MSDeformAttn's PyTorch path does the same).
 * ``triton``: the fused Triton kernels (``backend="triton"``).
 
 Every impl of a case is built from the same seed, so the inputs, weights and
@@ -24,7 +26,9 @@ from torch import nn
 
 from .configs import CHANNEL_KERNEL, POOL_SIZE, VALUE_DOWN, Case
 
-IMPLS = ("eager", "compiled", "triton")
+IMPLS = ("eager", "compiled", "torch", "triton")
+#: The op backend behind each impl (``compiled`` compiles the reference).
+BACKEND_OF = {"eager": "reference", "compiled": "reference", "torch": "torch", "triton": "triton"}
 
 
 @dataclass
@@ -178,11 +182,15 @@ def reference_op(query, key, value, offsets):
     return dynamic_sample_attention(query, key, value, offsets, dilation=1)
 
 
-def triton_op(query, key, value, offsets):
-    """The Triton kernels through the public op (validation included, as users call it)."""
+def public_op(backend: str) -> Callable[..., torch.Tensor]:
+    """The public op on ``backend`` (validation included, as users call it)."""
     from ddsm_triton import dynamic_sample_attention
 
-    return dynamic_sample_attention(query, key, value, offsets, dilation=1, backend="triton")
+    def op(query, key, value, offsets):
+        return dynamic_sample_attention(query, key, value, offsets, dilation=1, backend=backend)
+
+    op.__name__ = f"{backend}_op"
+    return op
 
 
 def build(
@@ -195,7 +203,7 @@ def build(
 ) -> Workload:
     """The workload of ``impl`` on ``case``: inputs (``sets`` copies) and forward.
 
-    Works inside ``FakeTensorMode`` too (for eager and triton), which is how saved
+    Works inside ``FakeTensorMode`` too (for eager, torch and triton), which is how saved
     bytes are measured at sizes that cannot run.
     """
     if impl not in IMPLS:
@@ -205,12 +213,12 @@ def build(
     params: dict[str, torch.Tensor] = {}
     if case.kind == "module":
         layer = build_module(case, device)
-        layer.backend = "triton" if impl == "triton" else "reference"
+        layer.backend = BACKEND_OF[impl]
         params = dict(layer.named_parameters())
         forward: Callable[..., torch.Tensor] = layer
         names: tuple[str, ...] = ("x_low", "x_high")
     else:
-        forward = triton_op if impl == "triton" else reference_op
+        forward = reference_op if BACKEND_OF[impl] == "reference" else public_op(BACKEND_OF[impl])
         names = ("query", "key", "value", "offsets")
     input_sets = [make_inputs(case, device) for _ in range(sets)]
     grad_out = torch.randn(output_shape(case), device=device).to(case.torch_dtype)

@@ -7,18 +7,27 @@ argument, what was expected and what was given.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "torch", "triton")
+#: Every sample position must stay below this, so that it is exact in float32 (24-bit
+#: significand) and every index derived from it fits in any integer type a backend uses.
+POSITION_LIMIT = 2**24
 
 
 def check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
     """A floating tensor of ``ndim`` dimensions."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (torch.strided) tensor, got layout {t.layout}; "
+            "call .to_dense() first"
+        )
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
@@ -99,16 +108,54 @@ def check_attention_inputs(
             f"offsets must have shape (B, H, W, G, N, 2) = {(B, H, W, G)} + (N, 2), "
             f"got {tuple(offsets.shape)}"
         )
-    check_odd_square("offsets.shape[4] (N, the number of samples)", offsets.shape[4])
-    check_positive_int("dilation", dilation)
-
+    k = check_odd_square("offsets.shape[4] (N, the number of samples)", offsets.shape[4])
+    check_dilation(dilation, k, H, W)
     if scale is None:
         return Dk**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
+    return check_scale(scale, query.dtype)
+
+
+def check_dilation(dilation: object, kernel_size: int, height: int, width: int) -> int:
+    """A positive int small enough that no sample position or index can overflow.
+
+    The base window reaches ``(k-1)/2 * dilation`` cells from its centre; with the
+    map's extent added, that must stay below 2**24 (``POSITION_LIMIT``), where float32
+    still holds every integer exactly and int32 index arithmetic cannot wrap. For
+    k = 1 the window has no extent, and ``dilation`` itself is bounded the same way.
+    """
+    check_positive_int("dilation", dilation)
+    reach = dilation * max(1, (kernel_size - 1) // 2) + max(height, width)
+    if reach >= POSITION_LIMIT:
+        raise ValueError(
+            f"dilation must satisfy dilation * max(1, (k-1)/2) + max(H, W) < 2**24 = "
+            f"{POSITION_LIMIT} (sample positions exact in float32), got dilation={dilation} "
+            f"with k={kernel_size}, H={height}, W={width}"
+        )
+    return dilation  # type: ignore[return-value]
+
+
+def check_scale(scale: object, dtype: torch.dtype) -> float:
+    """A finite real number that is finite in the op's compute dtype too.
+
+    The op computes in float64 for float64 inputs and in float32 otherwise; a scale
+    beyond that type's range would become infinite there, and ``inf * 0`` is NaN.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number (float) or None, got {type(scale).__name__}")
+    try:
+        value = float(scale)
+    except OverflowError:  # an int beyond float64, e.g. 10**400
+        raise ValueError(f"scale must be finite, got {scale}") from None
+    if not math.isfinite(value):
         raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    largest = torch.finfo(compute).max
+    if abs(value) > largest:
+        raise ValueError(
+            f"scale must be at most {largest:.4g} in magnitude for {dtype} inputs "
+            f"(computed in {compute}), got {value:g}"
+        )
+    return value
 
 
 def check_feature_maps(

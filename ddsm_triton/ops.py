@@ -8,27 +8,30 @@ import torch
 
 from ddsm_triton._validation import check_attention_inputs, check_backend
 from ddsm_triton.reference import dynamic_sample_attention as _reference_op
+from ddsm_triton.torch_backend import dynamic_sample_attention as _torch_op
 
 __all__ = ["dynamic_sample_attention", "resolve_backend"]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to "reference" or "triton" for tensors on ``device``.
+    """Map ``backend`` to "reference", "torch" or "triton" for tensors on ``device``.
 
-    "auto" picks Triton for CUDA tensors and the reference elsewhere. "triton"
-    on a CPU tensor needs the Triton interpreter (``TRITON_INTERPRET=1`` set
-    before ddsm_triton's kernels are imported); without it this raises, rather
-    than silently falling back.
+    "auto" picks Triton for CUDA tensors and the grid_sample-based "torch" backend
+    elsewhere. "triton" on a CPU tensor needs the Triton interpreter
+    (``TRITON_INTERPRET=1`` set before ddsm_triton's kernels are imported); without
+    it this raises, rather than silently falling back. On "meta" tensors every
+    backend infers shapes (the Triton op has a fake implementation).
     """
     check_backend(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "reference"
+        return "triton" if device.type == "cuda" else "torch"
     interpretable = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-    if backend == "triton" and device.type != "cuda" and not interpretable:
+    runnable = device.type in ("cuda", "meta") or interpretable
+    if backend == "triton" and not runnable:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors, got tensors on {device}. CPU tensors "
             "run in the Triton interpreter only when TRITON_INTERPRET=1 is set before "
-            "ddsm_triton.kernels is imported; otherwise use backend='reference' or 'auto'."
+            "ddsm_triton.kernels is imported; otherwise use backend='torch' or 'auto'."
         )
     return backend
 
@@ -58,14 +61,19 @@ def dynamic_sample_attention(
         offsets: (B, H, W, G, N, 2), (dy, dx) in grid cells.
         dilation: spacing of the base window, in grid cells.
         scale: logit scale; default 1/sqrt(Dk).
-        backend: "auto", "reference" or "triton".
+        backend: "auto" (Triton on CUDA, "torch" elsewhere), "torch" (fast plain
+            PyTorch on ``F.grid_sample``), "reference" (the readable ground truth)
+            or "triton" (the fused kernels).
 
     Returns:
         (B, H, W, G, Dv), the dtype of ``value``.
     """
     scale = check_attention_inputs(query, key, value, offsets, dilation, scale)
-    if resolve_backend(backend, query.device) == "reference":
+    chosen = resolve_backend(backend, query.device)
+    if chosen == "reference":
         return _reference_op(query, key, value, offsets, dilation=dilation, scale=scale)
+    if chosen == "torch":
+        return _torch_op(query, key, value, offsets, dilation=dilation, scale=scale)
     from ddsm_triton.kernels import dynamic_sample_attention as triton_op
 
     return triton_op(query, key, value, offsets, dilation=dilation, scale=scale)

@@ -1,10 +1,5 @@
 """Pure-PyTorch references: exact, readable, slow. The kernels are tested against these."""
 
-from .dynamic_sample_attention import (
-    base_grid,
-    bilinear_sample,
-    dynamic_sample_attention,
-    sample_positions,
-)
-
-__all__ = ["base_grid", "bilinear_sample", "dynamic_sample_attention", "sample_positions"]
+# Everything the module exports (its __all__), without repeating the list here.
+from .dynamic_sample_attention import *  # noqa: F403
+from .dynamic_sample_attention import __all__  # noqa: F401

@@ -9,11 +9,20 @@ floor corners make it (the same convention as ``F.grid_sample``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
-__all__ = ["base_grid", "bilinear_sample", "dynamic_sample_attention", "sample_positions"]
+__all__ = [
+    "autocast_off",
+    "base_grid",
+    "bilinear_sample",
+    "clamp_to_finite",
+    "compute_dtype",
+    "dynamic_sample_attention",
+    "sample_positions",
+]
 
 # Where a non-finite position is moved to: two cells above the map, so all four
 # corners are out of bounds and the sample is zero. Because the move is a
@@ -85,6 +94,31 @@ def bilinear_sample(feature: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> 
     return ((weight * inside).unsqueeze(-1) * values).sum(dim=-2)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op computes in: float64 stays float64, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switch autocast off on ``device``'s type, where that type has autocast at all
+    (``torch.autocast`` rejects some, e.g. "meta", even to disable it)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def clamp_to_finite(logits: torch.Tensor) -> torch.Tensor:
+    """Clamp logits to the finite range of their dtype.
+
+    ``scale * <q, K_n>`` can overflow to +-inf for a large finite scale (1e38 in
+    float32), and a softmax over infinities is NaN. Clamping to +-max keeps every
+    logit finite: the softmax then weighs the largest logits equally, which is
+    the limit of the finite computation. The clamped logits get zero gradient.
+    """
+    largest = torch.finfo(logits.dtype).max
+    return logits.clamp(-largest, largest)
+
+
 def dynamic_sample_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -111,16 +145,18 @@ def dynamic_sample_attention(
     """
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    compute = torch.float64 if value.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(value.dtype)
     # Autocast off: the einsums below would otherwise run in the autocast dtype,
     # and the op is defined to compute in float32 for half inputs (as the kernels do).
-    with torch.autocast(device_type=value.device.type, enabled=False):
+    with autocast_off(value.device):
         q, k, v, off = (t.to(compute) for t in (query, key, value, offsets))
 
         y, x = sample_positions(off, dilation)
         keys = bilinear_sample(k, y, x)  # (B, H, W, G, N, Dk)
         values = bilinear_sample(v, y, x)  # (B, H, W, G, N, Dv)
-        logits = scale * torch.einsum("bhwgd,bhwgnd->bhwgn", q, keys)
+        # Clamped to the finite range, so that a large finite scale cannot make the
+        # softmax NaN (see clamp_to_finite).
+        logits = clamp_to_finite(scale * torch.einsum("bhwgd,bhwgnd->bhwgn", q, keys))
         attn = torch.softmax(logits, dim=-1)
         out = torch.einsum("bhwgn,bhwgnd->bhwgd", attn, values)
     return out.to(value.dtype)

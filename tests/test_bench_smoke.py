@@ -72,3 +72,22 @@ def test_replot_redraws_from_the_csv(tiny_run) -> None:
     (out / "speedup_named.png").unlink()
     assert main(["--replot", "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "speedup_named.png").stat().st_size > 10_000
+
+
+def test_grid_sample_peer_is_checked_timed_and_compared(tiny_run) -> None:
+    """The "torch" (grid_sample) peer: checked against eager before it is timed,
+    wherever eager ran, and quoted against eager and the fastest PyTorch peer."""
+    out, _, rows = tiny_run
+    checks = [r for r in rows if r["impl"] == "torch" and r["metric"] == "check_rel_err"]
+    eager_timed = {
+        (r["kind"], r["config"], r["map_h"], r["map_w"])
+        for r in rows
+        if r["impl"] == "eager" and r["metric"] == "fwdbwd_ms_p50"
+    }
+    assert {(r["kind"], r["config"], r["map_h"], r["map_w"]) for r in checks} == eager_timed
+    assert all(r["note"].startswith("ok") for r in checks)
+    timed = [r for r in rows if r["impl"] == "torch" and r["metric"] == "fwdbwd_ms_p50"]
+    assert len(timed) == len(checks) and all(float(r["value"]) > 0 for r in timed)
+    summary = (out / "summary.md").read_text()
+    assert "torch fwd/f+b" in summary and "torch/eager fwd, f+b" in summary
+    assert "triton vs fastest" in summary

@@ -15,7 +15,7 @@ import ddsm_triton.channel
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "torch", "triton"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (device, autocast dtype): CPU bfloat16 runs everywhere, the CUDA ones where CUDA is.
 AUTOCASTS = [

@@ -17,7 +17,7 @@ import ddsm_triton.channel
 import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "torch", "triton"]
 CL = torch.channels_last
 FORMATS = [
     pytest.param(torch.contiguous_format, id="nchw"),

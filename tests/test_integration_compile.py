@@ -13,7 +13,7 @@ import torch
 
 from ddsm_triton import DDSM
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "torch", "triton"]
 
 
 def _run(module: torch.nn.Module, x_low: torch.Tensor, x_high: torch.Tensor, weight: torch.Tensor):
