@@ -195,11 +195,10 @@ def check_bool(name: str, value: object) -> bool:
 def check_module_inputs(
     names: Sequence[str], tensors: Sequence[torch.Tensor], parameter: torch.Tensor
 ) -> None:
-    """Module inputs live on the module's device and, outside ``torch.autocast``,
-    have its parameters' dtype (a convolution would otherwise fail deep inside)."""
+    """Module inputs (already through ``check_feature_maps``, which rejects non-dense
+    layouts) live on the module's device and, outside ``torch.autocast``, have its
+    parameters' dtype (a convolution would otherwise fail deep inside)."""
     for name, t in zip(names, tensors, strict=True):
-        if t.layout != torch.strided:
-            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
         if t.device != parameter.device:
             raise ValueError(
                 f"{name} must be on the module's device ({parameter.device}), got {t.device}; "

@@ -56,9 +56,13 @@ def test_inputs_on_another_device_than_the_module(module):
 def test_sparse_inputs(module):
     layer = module(16, 8)
     x_low, x_high = _inputs()
-    with pytest.raises(TypeError, match=r"x_low must be a dense \(strided\) tensor, got .*sparse"):
+    with pytest.raises(
+        TypeError, match=r"x_low must be a dense \(torch.strided\) tensor, got layout torch.sparse"
+    ):
         layer(x_low.to_sparse(), x_high)
-    with pytest.raises(TypeError, match=r"x_high must be a dense \(strided\) tensor"):
+    with pytest.raises(
+        TypeError, match=r"x_high must be a dense \(torch.strided\) tensor, got layout torch.sparse"
+    ):
         layer(x_low, x_high.to_sparse())
 
 
