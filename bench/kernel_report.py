@@ -93,7 +93,7 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
     fn = variant.kernel
     while not isinstance(fn, JITFunction):  # under the autotuner and the heuristics
         fn = fn.fn
-    constexprs = variant.constexprs(config, widths)
+    constexprs = variant.constexprs(config, widths, dtype)
     pointers = variant.pointer_dtypes(dtype)
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):

@@ -9,8 +9,8 @@ imported without it). :func:`count_traffic` wraps the interpreter builder's memo
 operations and adds up, per kernel, the bytes of every load, store and atomic, masked-off
 lanes excluded: exactly what a GPU's load/store units are asked for (from L1/L2 or DRAM).
 
-Each GPU configuration of ``KERNEL_VARIANTS`` (the one list the kernel report also
-compiles) is forced in turn, one kernel at a time, the others at their first config.
+Every GPU configuration of ``KERNEL_VARIANTS`` (the one list the kernel report also
+compiles) is forced in turn: row ``i`` runs each kernel in its ``i``-th config.
 
 Floors, per cell, in the input dtype (``lse`` in the accumulation dtype):
 
@@ -257,43 +257,37 @@ def _config_label(config) -> str:
 
 
 def measure_shape(shape: Shape, dtype_name: str = "float32") -> list[dict]:
-    """One row per forced configuration at ``shape``: bytes per cell and their ratios
-    to the floors. The first row has every kernel at its first config; each further row
-    changes one launched kernel to another of its configs."""
+    """Rows of bytes per cell and their ratios to the floors at ``shape``. Row ``i`` runs
+    every kernel in its ``i``-th GPU configuration (its last, if it has fewer), so the
+    rows cover every launchable configuration of every kernel."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     kernels = _kernels(dtype)
     labels = {label: kernel for label, (kernel, _) in kernels.items()}
-    first = {kernel: configs[0] for kernel, configs in kernels.values()}
-    assignments = [("first configs", first)]
-    launched: set[str] | None = None
-    rows = []
     inputs, _ = _inputs(shape, dtype)
     cells = shape.cells
     corners = in_bounds_corners(inputs[3].detach(), shape.dilation)
     floor = floors(shape, dtype.itemsize, acc.itemsize)
     exact = floors(shape, dtype.itemsize, acc.itemsize, corners / cells)
-    while assignments:
-        label, assignment = assignments.pop(0)
+    rows = []
+    for i in range(max(len(configs) for _, configs in kernels.values())):
+        assignment = {
+            kernel: configs[min(i, len(configs) - 1)] for kernel, configs in kernels.values()
+        }
         with forced_configs(assignment):
             fwd, bwd = _run(shape, dtype, labels)
-        if launched is None:  # after the first run: vary the kernels that ran
-            launched = {k for t in (fwd, bwd) for k in t.launches}
-            for name, (kernel, configs) in kernels.items():
-                if name in launched:
-                    for config in configs[1:]:
-                        tag = f"{name}: {_config_label(config)}"
-                        assignments.append((tag, {**first, kernel: config}))
+        launched = sorted({k for t in (fwd, bwd) for k in t.launches})
         atomics = sum(bwd.atomic_elements.values())
         fwd_bytes = fwd.total("load") + fwd.total("store")
         rows.append(
             {
                 "shape": shape.name,
                 "dtype": dtype_name,
-                "config": label,
-                "kernels": sorted({k for t in (fwd, bwd) for k in t.launches}),
+                "config": "; ".join(
+                    f"{name} {_config_label(assignment[labels[name]])}" for name in launched
+                ),
                 "forward_bytes_per_cell": fwd_bytes / cells,
                 "forward_x_floor": fwd_bytes / cells / floor["forward"],
                 "forward_x_exact": fwd_bytes / cells / exact["forward"],

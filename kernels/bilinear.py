@@ -25,11 +25,14 @@ import triton.language as tl
 def cell_coords(cells, H, W, G):
     """Split flattened cell ids (int64 ``[BLOCK_P]``) into the row ``i``, the column
     ``j`` and ``base``, the map row of ``(b, 0, 0, g)`` for the cell's own ``b`` and
-    ``g``; the map row of ``(b, y, x, g)`` is then ``base + (y * W + x) * G``."""
-    t = cells // G
+    ``g``; the map row of ``(b, y, x, g)`` is then ``base + (y * W + x) * G``.
+
+    The divisions run in 32 bits (launchers keep the cell count below 2**31): a 64-bit
+    division by a runtime value is a subroutine call, which costs a stack frame."""
+    t = cells.to(tl.int32) // G
     j = t % W
     i = (t // W) % H
-    base = cells - (i * W + j) * G
+    base = cells - ((i * W + j) * G).to(tl.int64)
     return i, j, base
 
 

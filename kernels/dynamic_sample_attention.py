@@ -70,7 +70,7 @@ __all__ = [
     "KERNEL_VARIANTS",
     "MAX_BLOCK_D",
     "MIN_LOAD_BYTES",
-    "TILE_BYTES",
+    "THREAD_ELEMENTS",
     "KernelVariant",
     "block_sizes",
     "configs_for",
@@ -93,13 +93,19 @@ _C = triton.Config
 MIN_BLOCK_D = 16
 MAX_BLOCK_D = 512
 
-# A config gives TILE, the elements of one [cells x channels] tile of a program, and
-# the warps; the cells per program follow from the channel block (block_sizes). Gathers
-# address every row through a 64-bit pointer and the backward holds four such tiles
-# live, so each thread's share of one tile is bounded: TILE_BYTES per kernel, in the
-# accumulation dtype (32 bytes = 8 fp32 / 4 fp64 elements compile without spills).
+# A config gives TILE, the elements of one [cells x channels] tile of a program, and the
+# warps; the channel blocks follow from the widths and the cells per program from TILE
+# (block_sizes). Gathers address every row through a 64-bit pointer and the backward
+# holds four tiles (q, dO, the two dq sums) besides the gathered corners, so each
+# thread's share of a tile is capped per kernel and accumulation itemsize, at what
+# compiles without spills for sm_80 and sm_90 (the kernel report checks it).
 # MIN_LOAD_BYTES keeps each thread's share of a row, hence its widest load, >= 64 bits.
-TILE_BYTES = {"dsa_fwd": 32, "dsa_bwd": 32, "dsa_wide": 32, "segment_sum": 64}
+THREAD_ELEMENTS = {
+    "dsa_fwd": {4: 8, 8: 4},
+    "dsa_bwd": {4: 8, 8: 2},
+    "dsa_wide": {4: 8, 8: 4},
+    "segment_sum": {4: 8, 8: 8},
+}
 MIN_LOAD_BYTES = 8
 
 CONFIGS: dict[str, list[triton.Config]] = {
@@ -110,8 +116,8 @@ CONFIGS: dict[str, list[triton.Config]] = {
     ],
     "dsa_bwd": [
         _C({"TILE": 1024}, num_warps=4, num_stages=1),
-        _C({"TILE": 512}, num_warps=4, num_stages=1),
-        _C({"TILE": 1024}, num_warps=8, num_stages=1),
+        _C({"TILE": 2048}, num_warps=8, num_stages=1),
+        _C({"TILE": 256}, num_warps=4, num_stages=1),
     ],
     # Dv-split: BLOCK_DV channels per program (<= the narrow path's whole Dv).
     "dsa_wide": [
@@ -153,9 +159,9 @@ def wide(DV: int) -> bool:
 def block_sizes(name: str, args: dict) -> dict[str, int]:
     """Block shape of kernel ``name`` for a launch's arguments (``TILE`` from the config,
     ``DK``/``DV``/``D`` and flags from the call): the channel blocks from the widths and
-    ``BLOCK_P`` (``BLOCK_R``) cells so that a tile holds about ``TILE`` elements. The
-    one definition used by the launches (via ``triton.heuristics``), the kernel report
-    and the traffic meter."""
+    ``BLOCK_P`` (``BLOCK_R``) cells so that a tile holds ``TILE`` elements. The one
+    definition used by the launches (via ``triton.heuristics``), the kernel report and
+    the traffic meter."""
     tile = args["TILE"]
     if name == "segment_sum":
         block_d = min(channel_block(args["D"]), MAX_BLOCK_D)
@@ -172,12 +178,10 @@ def block_sizes(name: str, args: dict) -> dict[str, int]:
 
 def fits(name: str, config: triton.Config, dtype: torch.dtype) -> bool:
     """Whether ``config`` of kernel ``name`` suits inputs of ``dtype``: each thread's
-    share of a tile within TILE_BYTES (accumulation dtype) and >= MIN_LOAD_BYTES."""
+    share of a tile within THREAD_ELEMENTS and at least MIN_LOAD_BYTES."""
     per_thread = config.kwargs["TILE"] // (32 * config.num_warps)
-    return (
-        per_thread * _acc_dtype(dtype).itemsize <= TILE_BYTES[name]
-        and per_thread * dtype.itemsize >= MIN_LOAD_BYTES
-    )
+    cap = THREAD_ELEMENTS[name][_acc_dtype(dtype).itemsize]
+    return per_thread <= cap and per_thread * dtype.itemsize >= MIN_LOAD_BYTES
 
 
 def configs_for(name: str, dtype: torch.dtype) -> list[triton.Config]:
@@ -203,8 +207,12 @@ def _tuning(name: str, dtype_arg: str, key: list[str]) -> dict:
 
 def _blocks(name: str) -> Callable:
     """``triton.heuristics`` deriving the block shape from TILE and the widths."""
+
+    def pick(key: str) -> Callable:
+        return lambda args: block_sizes(name, args)[key]
+
     keys = block_sizes(name, _EXAMPLE_ARGS[name]).keys()
-    return triton.heuristics({k: (lambda args, k=k: block_sizes(name, args)[k]) for k in keys})
+    return triton.heuristics({k: pick(k) for k in keys})
 
 
 # Arguments enough to list the block names of each kernel.
@@ -480,7 +488,7 @@ def _dsa_bwd_kernel(
 @triton.jit
 def _segment_sum_kernel(
     starts_ptr,  # (R + 1,) first sorted entry of each target row; int64
-    order_ptr,  # (E,) entry ids sorted (stably) by target row; int64
+    order_ptr,  # (E,) entry ids sorted (stably) by target row; int32 or int64
     tcoef_ptr,  # (E, 2) per-entry scalars
     src_ptr,  # (P, D) source rows: query or dO
     out_ptr,  # (R, D) out: map gradient
@@ -559,8 +567,13 @@ class _Dims:
     @staticmethod
     def of(query: torch.Tensor, value: torch.Tensor, offsets: torch.Tensor) -> _Dims:
         B, H, W, G, DK = query.shape
-        KSIZE = math.isqrt(offsets.shape[-2])
-        return _Dims(B * H * W * G, H, W, G, DK, value.shape[-1], KSIZE)
+        P = B * H * W * G
+        if P >= 2**31:  # cell coordinates are computed in 32 bits (cell_coords)
+            raise ValueError(
+                f"query: expected fewer than 2**31 cells B*H*W*G, got {P} (shape "
+                f"{tuple(query.shape)}); split the batch"
+            )
+        return _Dims(P, H, W, G, DK, value.shape[-1], math.isqrt(offsets.shape[-2]))
 
     @property
     def N(self) -> int:
@@ -674,8 +687,9 @@ def _backward(
     P, N = dims.P, dims.N
     unused = _new((1,), acc, dev)  # pointers a launch never touches
     if deterministic:
-        # Targets are map rows, with P as the out-of-bounds sentinel; int32 sorts faster.
-        idx = torch.int32 if P < 2**31 - 1 else torch.int64
+        # Targets are map rows, with P as the out-of-bounds sentinel, and entry ids run
+        # to 4 N P: int32 when that fits (sorts faster, divides without a call).
+        idx = torch.int32 if 4 * N * P < 2**31 else torch.int64
         tgt, tcoef = _new((P, N, 4), idx, dev), _new((P, N, 4, 2), acc, dev)
         dk_acc = dv_acc = unused
     else:
@@ -697,6 +711,8 @@ def _backward(
 
     sorted_tgt, order = torch.sort(tgt.flatten(), stable=True)
     starts = torch.searchsorted(sorted_tgt, torch.arange(P + 1, device=dev, dtype=idx))
+    # Entry ids in 32 bits when they fit: the kernel divides them by 4 N.
+    order = order.to(idx)
     dk, dv = _new(key.shape, key.dtype, dev), _new(value.shape, value.dtype, dev)
     for src, dmap, D, coef in ((q, dk, dims.DK, 0), (do, dv, dims.DV, 1)):
         grid = lambda meta, D=D: (triton.cdiv(P, meta["BLOCK_R"]), triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
@@ -833,10 +849,13 @@ class KernelVariant:
         pick = {"io": dtype, "acc": _acc_dtype(dtype)}
         return {k: pick.get(v, v) for k, v in self.pointers.items()}
 
-    def constexprs(self, config: triton.Config, widths: dict[str, int]) -> dict[str, object]:
+    def constexprs(
+        self, config: triton.Config, widths: dict[str, int], dtype: torch.dtype
+    ) -> dict[str, object]:
         """The compile-time arguments of a launch with ``config`` at ``widths``."""
         args = {**config.kwargs, **self.flags, **widths}
-        return {**config.kwargs, **self.flags, **block_sizes(self.config_key, args)}
+        blocks = block_sizes(self.config_key, args)
+        return {**config.kwargs, **self.flags, **blocks}
 
 
 _ACC_OUT = {"scale_ptr": "acc", "lse_ptr": "acc"}
@@ -891,7 +910,7 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
         "segment_sum", _segment_sum_kernel, "segment_sum",
         {
             "starts_ptr": torch.int64,
-            "order_ptr": torch.int64,
+            "order_ptr": torch.int32,
             "tcoef_ptr": "acc",
             "src_ptr": "io",
             "out_ptr": "io",
