@@ -38,6 +38,7 @@ __all__ = [
     "SWEEP",
     "Shape",
     "Traffic",
+    "bench_hook",
     "count_traffic",
     "format_table",
     "in_bounds_corners",
@@ -367,6 +368,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: print the table (or JSON) for the sweep."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "float64"))
@@ -379,3 +381,21 @@ if __name__ == "__main__":
     # Before anything imports the kernels: decoration reads the variable.
     os.environ.setdefault("TRITON_INTERPRET", "1")
     main()
+
+
+def bench_hook(out_dir) -> None:
+    """``make bench``: write traffic.json and traffic.md to ``out_dir`` and print the
+    table; a failure becomes a message in traffic.md, never a crashed benchmark."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    try:
+        rows = traffic_report()
+    except Exception as err:  # a broken meter must not lose the benchmark's results
+        text = f"traffic meter unavailable ({type(err).__name__}: {err})"
+    else:
+        (out_dir / "traffic.json").write_text(json.dumps(rows, indent=1) + "\n")
+        text = "Bytes per cell requested by the kernels (interpreter, GPU configs):\n\n"
+        text += format_table(rows)
+    (out_dir / "traffic.md").write_text(text + "\n")
+    print(text)

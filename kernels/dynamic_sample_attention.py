@@ -116,7 +116,7 @@ CONFIGS: dict[str, list[triton.Config]] = {
     ],
     "dsa_bwd": [
         _C({"TILE": 1024}, num_warps=4, num_stages=1),
-        _C({"TILE": 2048}, num_warps=8, num_stages=1),
+        _C({"TILE": 1024}, num_warps=8, num_stages=1),
         _C({"TILE": 256}, num_warps=4, num_stages=1),
     ],
     # Dv-split: BLOCK_DV channels per program (<= the narrow path's whole Dv).
@@ -831,8 +831,10 @@ class KernelVariant:
     """One launch site: a kernel, the key of its configurations in ``CONFIGS``, the
     element dtype of each pointer argument as a function of the input dtype (``"io"`` =
     input dtype, ``"acc"`` = accumulation dtype, or an explicit torch dtype), the
-    compile-time flags it is launched with, and the widths (``DK``/``DV``/``D``) it is
-    compiled at for the kernel report: its block shape follows from them."""
+    compile-time flags it is launched with, the widths (``DK``/``DV``/``D``) it is
+    compiled at for the kernel report (its block shape follows from them), and the
+    path that launches it: ``"narrow"`` (Dv in one program), ``"wide"`` (Dv split) or
+    ``"both"``."""
 
     name: str
     kernel: Callable
@@ -840,6 +842,7 @@ class KernelVariant:
     pointers: dict[str, str | torch.dtype]
     flags: dict[str, object] = field(default_factory=dict)
     widths: tuple[dict[str, int], ...] = ({"DK": 64, "DV": 64},)
+    path: str = "narrow"
 
     def configs(self, dtype: torch.dtype) -> list[triton.Config]:
         """Every configuration this launch site can run with for inputs of ``dtype``."""
@@ -881,7 +884,7 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
     ),
     KernelVariant(
         "dsa_fwd[logits]", _dsa_fwd_kernel, "dsa_fwd", {**_FWD, "logit_ptr": "acc"},
-        {"VALUES": False}, _CHANNEL,
+        {"VALUES": False}, _CHANNEL, "wide",
     ),
     KernelVariant(
         "dsa_bwd[atomic]", _dsa_bwd_kernel, "dsa_bwd", _BWD,
@@ -893,12 +896,12 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
     ),
     KernelVariant(
         "dsa_bwd[value sums]", _dsa_bwd_kernel, "dsa_bwd", _BWD,
-        {"VALUE_SUMS": True, "ATOMICS": True}, _CHANNEL,
+        {"VALUE_SUMS": True, "ATOMICS": True}, _CHANNEL, "wide",
     ),
     *(
         KernelVariant(
             f"dsa_wide[{label}]", _dsa_wide_kernel, "dsa_wide", _WIDE,
-            {"BACKWARD": backward, "ATOMICS": atomics}, _CHANNEL,
+            {"BACKWARD": backward, "ATOMICS": atomics}, _CHANNEL, "wide",
         )
         for label, backward, atomics in (
             ("forward", False, False),
@@ -915,6 +918,6 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
             "src_ptr": "io",
             "out_ptr": "io",
         },
-        {"COEF": 0}, ({"D": 64},),
+        {"COEF": 0}, ({"D": 64},), "both",
     ),
 )  # fmt: skip

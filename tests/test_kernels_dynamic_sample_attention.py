@@ -355,3 +355,58 @@ def test_overflowing_scale_gives_a_valid_softmax():
     want = _clamped_oracle(inputs, scale)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+def _launches(dtype: torch.dtype):
+    """(variant, config, block shape, widths) of every launch at the traffic sweep
+    shapes (bench/traffic.py): each variant at the shapes of its path."""
+    from ddsm_triton.bench.traffic import SWEEP
+
+    for shape in SWEEP:
+        path = "wide" if dsa.wide(shape.DV) else "narrow"
+        for variant in kernels.KERNEL_VARIANTS:
+            if variant.path not in (path, "both"):
+                continue
+            widths = [{"DK": shape.DK, "DV": shape.DV}]
+            if variant.config_key == "segment_sum":
+                widths = [{"D": shape.DK}, {"D": shape.DV}]
+            for w in widths:
+                for config in variant.configs(dtype):
+                    yield variant, config, variant.constexprs(config, w, dtype), w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_no_config_idles_half_its_lanes_on_the_sweep_shapes(dtype):
+    """Channel blocks follow the widths (next power of two), and every thread of a
+    program holds at least one element of its cells x channels tile."""
+    seen = 0
+    for variant, config, blocks, widths in _launches(dtype):
+        where = (variant.name, config, widths)
+        for block, width in (("BLOCK_DK", "DK"), ("BLOCK_DV", "DV"), ("BLOCK_D", "D")):
+            if block not in blocks:
+                continue
+            # The wide path's key-side kernels carry an unused minimal value block.
+            unused = block == "BLOCK_DV" and blocks[block] == dsa.MIN_BLOCK_D
+            assert unused or widths[width] * 2 > blocks[block], where
+        rows = blocks.get("BLOCK_P", blocks.get("BLOCK_R"))
+        channels = max(v for k, v in blocks.items() if k.startswith("BLOCK_D"))
+        assert rows * channels >= 32 * config.num_warps, where
+        seen += 1
+    assert seen >= len(kernels.KERNEL_VARIANTS)
+
+
+def test_wide_backward_fills_an_h100_at_cityscapes_stride_4():
+    """Channel branch at Cityscapes stride 4: P = 512 cells, Dv = 8192. The Dv-split
+    kernel launches at least 4 programs per SM of a 132-SM GPU in every config."""
+    P, DV = 512, 8192
+    assert dsa.wide(DV)
+    for config in dsa.CONFIGS["dsa_wide"]:
+        blocks = dsa.block_sizes("dsa_wide", {**config.kwargs, "DV": DV})
+        programs = -(-P // blocks["BLOCK_P"]) * -(-DV // config.kwargs["BLOCK_DV"])
+        assert programs >= 4 * 132, (config, programs)
+
+
+def test_autotune_key_has_a_size_bucket():
+    for variant in kernels.KERNEL_VARIANTS:
+        assert "P_BUCKET" in variant.kernel.keys, variant.name
+    assert dsa.size_bucket(32 * 32) != dsa.size_bucket(256 * 512)
