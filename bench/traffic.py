@@ -34,6 +34,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from .kernel_report import _config_label
+
 __all__ = [
     "SWEEP",
     "Shape",
@@ -250,11 +252,6 @@ def _kernels(dtype) -> dict[str, tuple[object, list]]:
             seen.add(id(variant.kernel))
             found[variant.config_key] = (variant.kernel, variant.configs(dtype))
     return found
-
-
-def _config_label(config) -> str:
-    blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
-    return f"{blocks},w{config.num_warps}"
 
 
 def measure_shape(shape: Shape, dtype_name: str = "float32") -> list[dict]:
