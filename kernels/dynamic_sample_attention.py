@@ -114,10 +114,11 @@ CONFIGS: dict[str, list[triton.Config]] = {
         _C({"TILE": 2048}, num_warps=8, num_stages=1),
         _C({"TILE": 512}, num_warps=4, num_stages=1),
     ],
+    # Eight warps: sm_80 has no vector atomics, so each scattered element holds its own
+    # 64-bit address, and four warps at 8 elements a thread spilled there.
     "dsa_bwd": [
-        _C({"TILE": 1024}, num_warps=4, num_stages=1),
         _C({"TILE": 1024}, num_warps=8, num_stages=1),
-        _C({"TILE": 256}, num_warps=4, num_stages=1),
+        _C({"TILE": 512}, num_warps=8, num_stages=1),
     ],
     # Dv-split: BLOCK_DV channels per program (<= the narrow path's whole Dv).
     "dsa_wide": [

@@ -269,10 +269,13 @@ def test_deterministic_backward_is_bitwise_reproducible(deterministic):
         assert torch.equal(a, b), name
 
 
-def test_deterministic_and_atomic_paths_agree(deterministic):
-    inputs = make_inputs(1, 4, 5, 1, 6, 7, 3)
-    grad_out = torch.randn(1, 4, 5, 1, 7, dtype=torch.float64)
+@pytest.mark.parametrize("Dv", [pytest.param(7, id="narrow"), pytest.param(530, id="wide-dv")])
+def test_deterministic_and_atomic_paths_agree(deterministic, Dv):
+    inputs = make_inputs(1, 4, 5, 1, 6, Dv, 3)
+    grad_out = torch.randn(1, 4, 5, 1, Dv, dtype=torch.float64)
     det = run(kernels, inputs, grad_out, 1, None)
+    again = run(kernels, inputs, grad_out, 1, None)
+    assert all(torch.equal(a, b) for a, b in zip(det, again, strict=True))
     torch.use_deterministic_algorithms(False)
     atomic = run(kernels, inputs, grad_out, 1, None)
     for name, a, b in zip(NAMES, det, atomic, strict=True):
