@@ -62,7 +62,7 @@ def test_in_bounds_corners_counts_the_border():
 
 GOAL_SHAPES = [
     pytest.param(traffic.Shape("narrow", 1, 5, 5, 2, 16, 16, 3), id="narrow-G2-D16-N9"),
-    pytest.param(traffic.Shape("wide", 1, 4, 4, 1, 16, 600, 3), id="wide-Dk16-Dv600"),
+    pytest.param(traffic.Shape("wide", 1, 3, 3, 1, 16, 520, 3), id="wide-Dk16-Dv520"),
 ]
 
 
