@@ -899,6 +899,10 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
         "dsa_bwd[value sums]", _dsa_bwd_kernel, "dsa_bwd", _BWD,
         {"VALUE_SUMS": True, "ATOMICS": True}, _CHANNEL, "wide",
     ),
+    KernelVariant(
+        "dsa_bwd[value sums, deterministic]", _dsa_bwd_kernel, "dsa_bwd", _BWD,
+        {"VALUE_SUMS": True, "ATOMICS": False}, _CHANNEL, "wide",
+    ),
     *(
         KernelVariant(
             f"dsa_wide[{label}]", _dsa_wide_kernel, "dsa_wide", _WIDE,
