@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import kernel_stats, plots, summary
+from . import kernel_stats, plots, summary, traffic
 from .configs import HALF_DTYPES, build_plan
 from .progress import Progress
 from .records import Recorder, read_csv
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> Path:
         _run_gpu_profile(args, device, recorder, out, start)
         return out
     plan = build_plan(args.mode, cuda=device.type == "cuda")
-    steps = len(plan.cases) + (3 if args.parity else 0) + int(args.kernel_report)
+    steps = len(plan.cases) + (3 if args.parity else 0) + 2 * int(args.kernel_report)
     progress = Progress(steps, enabled=not args.quiet)
     try:
         Runner(settings_for(args, device), recorder, progress).run(plan)
@@ -216,6 +216,9 @@ def run(args: argparse.Namespace) -> Path:
             progress.status("kernel report: compiling every kernel for a GPU target")
             _kernel_report(args, device, recorder, out)
             progress.advance("kernel report")
+            progress.status("traffic meter: kernel bytes per cell, under the interpreter")
+            traffic.bench_hook(out)
+            progress.advance("traffic meter")
     finally:
         progress.close()
         wall = time.perf_counter() - start

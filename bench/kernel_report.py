@@ -2,7 +2,8 @@
 without one.
 
 For each launch site in ``ddsm_triton.kernels.KERNEL_VARIANTS``, each of its
-configurations and each input dtype, the kernel is compiled to a cubin for
+configurations, each of its report widths (the block shape follows from the widths)
+and each input dtype, the kernel is compiled to a cubin for
 ``sm_<arch>`` and the ``cuobjdump`` shipped with Triton reads back its resource usage
 and SASS: registers, stack / local bytes (spills), shared memory, and the widest
 global load (``LDG``) in bits.
@@ -55,34 +56,44 @@ def _config_label(config) -> str:
     return f"{blocks},warps={config.num_warps},stages={config.num_stages}"
 
 
-def _jobs(arch: int) -> list[tuple[int, int, str, int]]:
+def _widths_label(widths: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in widths.items())
+
+
+def _jobs(arch: int) -> list[tuple[int, int, int, str, int]]:
     import torch
 
     from ddsm_triton.kernels import KERNEL_VARIANTS
 
     return [
-        (v, c, dtype, arch)
+        (v, c, w, dtype, arch)
         for v, variant in enumerate(KERNEL_VARIANTS)
+        for w in range(len(variant.widths))
         for dtype in DTYPES
         for c in range(len(variant.configs(getattr(torch, dtype))))
     ]
 
 
-def _compile_one(job: tuple[int, int, str, int]) -> dict:
-    """Compile one (variant, config, dtype, arch) and read its cubin back."""
+def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
+    """Compile one (variant, config, widths, dtype, arch) and read its cubin back. The
+    block shape follows from the config and the widths (``variant.constexprs``)."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
 
     from ddsm_triton.kernels import KERNEL_VARIANTS
 
-    v, c, dtype_name, arch = job
+    v, c, w, dtype_name, arch = job
     variant = KERNEL_VARIANTS[v]
     dtype = getattr(torch, dtype_name)
     config = variant.configs(dtype)[c]
-    fn = variant.kernel.fn  # the JITFunction under the autotuner
-    constexprs = {**config.kwargs, **variant.flags}
+    widths = variant.widths[w]
+    fn = variant.kernel
+    while not isinstance(fn, JITFunction):  # under the autotuner and the heuristics
+        fn = fn.fn
+    constexprs = variant.constexprs(config, widths, dtype)
     pointers = variant.pointer_dtypes(dtype)
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
@@ -91,8 +102,6 @@ def _compile_one(job: tuple[int, int, str, int]) -> dict:
         elif name in pointers:
             signature[name] = "*" + _TRITON_TYPES[str(pointers[name]).removeprefix("torch.")]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name.startswith("scale"):
-            signature[name] = "fp32"
         else:
             signature[name] = "i32"
             if name in _CHANNEL_ARGS:
@@ -110,6 +119,7 @@ def _compile_one(job: tuple[int, int, str, int]) -> dict:
     return {
         "kernel": variant.name,
         "config": _config_label(config),
+        "widths": _widths_label(widths),
         "dtype": dtype_name,
         "arch": arch,
         "registers": field("REG"),
@@ -185,8 +195,21 @@ def kernel_report(arch: int, *, workers: int | None = None) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """Readable fixed-width table of :func:`kernel_report` rows."""
-    headers = ("kernel", "config", "dtype", "regs", "stack", "local", "shared", "ldg bits")
-    cells = [(r["kernel"], r["config"], r["dtype"], *(str(r[f]) for f in _FIELDS)) for r in rows]
+    headers = (
+        "kernel",
+        "config",
+        "widths",
+        "dtype",
+        "regs",
+        "stack",
+        "local",
+        "shared",
+        "ldg bits",
+    )
+    cells = [
+        (r["kernel"], r["config"], r.get("widths", ""), r["dtype"], *(str(r[f]) for f in _FIELDS))
+        for r in rows
+    ]
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

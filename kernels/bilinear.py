@@ -11,7 +11,10 @@ Conventions (SPEC section 1):
 * Positions are in grid cells with pixel-centre convention; floor corners; zero padding.
 
 Every helper works on a tile of ``BLOCK_P`` cells at once: its tensors have shape
-``[BLOCK_P]`` (per cell) or ``[BLOCK_P, BLOCK_D]`` (per cell and channel).
+``[BLOCK_P]`` (per cell) or ``[BLOCK_P, BLOCK_D]`` (per cell and channel). The four
+floor corners of a sample travel as 4-tuples in the order (y0, x0), (y0, x0 + 1),
+(y0 + 1, x0), (y0 + 1, x0 + 1): ``rows`` (int64 map rows), ``masks`` (in bounds),
+``weights`` (bilinear weights) and, from them, corner tiles or per-corner dots.
 """
 
 import triton
@@ -22,11 +25,14 @@ import triton.language as tl
 def cell_coords(cells, H, W, G):
     """Split flattened cell ids (int64 ``[BLOCK_P]``) into the row ``i``, the column
     ``j`` and ``base``, the map row of ``(b, 0, 0, g)`` for the cell's own ``b`` and
-    ``g``; the map row of ``(b, y, x, g)`` is then ``base + (y * W + x) * G``."""
-    t = cells // G
+    ``g``; the map row of ``(b, y, x, g)`` is then ``base + (y * W + x) * G``.
+
+    The divisions run in 32 bits (launchers keep the cell count below 2**31): a 64-bit
+    division by a runtime value is a subroutine call, which costs a stack frame."""
+    t = cells.to(tl.int32) // G
     j = t % W
     i = (t // W) % H
-    base = cells - (i * W + j) * G
+    base = cells - ((i * W + j) * G).to(tl.int64)
     return i, j, base
 
 
@@ -41,10 +47,8 @@ def sample_corners(
     ``(dy, dx)`` read from ``off_ptr`` (laid out ``(cells, N, 2)``, ``N = ksize**2``),
     computed in ``ACC``.
 
-    Returns, all ``[BLOCK_P]``: the floor-corner rows ``r00, r01, r10, r11`` (int64;
-    ``r01`` is one column right of ``r00``, ``r10`` one row down), their masks
-    ``m00 .. m11`` (in bounds and ``cell_mask``), the bilinear weights ``w00 .. w11``
-    and the fractional parts ``fy, fx`` in ``[0, 1)``.
+    Returns ``rows, masks, weights, fy, fx``: the corner 4-tuples (masks include
+    ``cell_mask``) and the fractional parts ``fy, fx`` in ``[0, 1)``, all ``[BLOCK_P]``.
 
     A position that can touch the map lies in ``[-1, H) x [-1, W)``; everything else,
     including NaN, +-Inf and huge finite values (every comparison with NaN is false),
@@ -52,9 +56,6 @@ def sample_corners(
     and the float->int conversion, so no wild index is ever formed, and their weights
     and weight derivatives stay finite while meeting only masked (zero) corners:
     a zero sample and a zero offset gradient.
-
-    (One helper rather than several: the interpreter pays a large fixed cost per
-    ``@triton.jit`` call, and the compiler inlines it either way.)
     """
     off = off_ptr + (cells * (ksize * ksize) + n) * 2
     dy = tl.load(off, mask=cell_mask, other=0.0).to(ACC)
@@ -80,30 +81,18 @@ def sample_corners(
     right = x0 + 1 < W
     r00 = base + (y0 * W + x0) * G
     r10 = r00 + W * G
-    return (
-        r00,
-        r00 + G,
-        r10,
-        r10 + G,
-        top & left,
-        top & right,
-        bottom & left,
-        bottom & right,
-        (1.0 - fy) * (1.0 - fx),
-        (1.0 - fy) * fx,
-        fy * (1.0 - fx),
-        fy * fx,
-        fy,
-        fx,
-    )
+    rows = (r00, r00 + G, r10, r10 + G)
+    masks = (top & left, top & right, bottom & left, bottom & right)
+    weights = ((1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx)
+    return rows, masks, weights, fy, fx
 
 
 @triton.jit
-def bilinear_weight_grads(fy, fx):
-    """Derivatives of the corner weights with respect to ``y`` then ``x``, taken with the
-    floor corners held fixed (one-sided at integer positions, as ``grid_sample``):
-    ``dw00/dy, dw01/dy, dw10/dy, dw11/dy, dw00/dx, dw01/dx, dw10/dx, dw11/dx``."""
-    return fx - 1.0, -fx, 1.0 - fx, fx, fy - 1.0, 1.0 - fy, -fy, fy
+def weight_grads(fy, fx):
+    """Derivatives of the corner weights with respect to ``y`` and to ``x`` (two
+    4-tuples), taken with the floor corners held fixed: one-sided at integer positions,
+    as ``grid_sample``."""
+    return (fx - 1.0, -fx, 1.0 - fx, fx), (fy - 1.0, 1.0 - fy, -fy, fy)
 
 
 @triton.jit
@@ -117,74 +106,76 @@ def load_rows(ptr, rows, row_mask, d, d_mask, D, ACC: tl.constexpr):
 
 
 @triton.jit
-def corner_dots(src, map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, d, d_mask, D):
-    """Dot products ``<src, map[r_c, d]>`` for the four corners over one channel chunk.
-
-    ``src`` is ``[BLOCK_P, BLOCK_D]`` in the accumulation dtype; returns four
-    ``[BLOCK_P]``. Bilinear sampling is linear, so ``<src, K_n>`` and its position
-    derivatives are all weighted sums of these four numbers: the per-corner form lets
-    the forward and the backward share one gather and never build ``K_n``.
-    """
-    rows = map_ptr + d[None, :]
-    dm = d_mask[None, :]
-    h00 = tl.sum(src * tl.load(rows + r00[:, None] * D, m00[:, None] & dm, 0.0).to(src.dtype), 1)
-    h01 = tl.sum(src * tl.load(rows + r01[:, None] * D, m01[:, None] & dm, 0.0).to(src.dtype), 1)
-    h10 = tl.sum(src * tl.load(rows + r10[:, None] * D, m10[:, None] & dm, 0.0).to(src.dtype), 1)
-    h11 = tl.sum(src * tl.load(rows + r11[:, None] * D, m11[:, None] & dm, 0.0).to(src.dtype), 1)
-    return h00, h01, h10, h11
+def store_rows(ptr, rows, row_mask, d, d_mask, D, val):
+    """Store a ``[BLOCK_P, BLOCK_D]`` tile into rows ``rows`` of a row-major ``(rows, D)``
+    tensor, cast to its element type."""
+    ptrs = ptr + rows[:, None] * D + d[None, :]
+    tl.store(ptrs, val.to(ptr.dtype.element_ty), row_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit
-def corner_dot_sums(
-    src_ptr,
-    map_ptr,
-    cells,
-    cell_mask,
-    r00,
-    r01,
-    r10,
-    r11,
-    m00,
-    m01,
-    m10,
-    m11,
-    D,
-    BLOCK_D: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """``<src[cell], map[r_c]>`` for the four corners over all ``D`` channels, read in
-    ``BLOCK_D`` chunks: four ``[BLOCK_P]`` in ``ACC``. The logit of a sample and its
-    position derivative are weighted sums of these, so forward and backward agree to
-    the last bit on ``l_n``."""
-    h00 = tl.zeros_like(r00).to(ACC)
-    h01 = tl.zeros_like(r00).to(ACC)
-    h10 = tl.zeros_like(r00).to(ACC)
-    h11 = tl.zeros_like(r00).to(ACC)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = d < D
-        src = load_rows(src_ptr, cells, cell_mask, d, d_mask, D, ACC)
-        c00, c01, c10, c11 = corner_dots(
-            src, map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, d, d_mask, D
+def gather_corners(map_ptr, rows, masks, d, d_mask, D, ACC: tl.constexpr):
+    """The four corner tiles ``map[r_c, d]`` of one sample, masked to zero, upcast to
+    ``ACC``. Kernels read each corner once and derive every quantity from these tiles:
+    dot products, the bilinear sample and its position derivative."""
+    return (
+        load_rows(map_ptr, rows[0], masks[0], d, d_mask, D, ACC),
+        load_rows(map_ptr, rows[1], masks[1], d, d_mask, D, ACC),
+        load_rows(map_ptr, rows[2], masks[2], d, d_mask, D, ACC),
+        load_rows(map_ptr, rows[3], masks[3], d, d_mask, D, ACC),
+    )
+
+
+@triton.jit
+def blend(w, c):
+    """``sum_c w_c c_c`` of per-cell ``[BLOCK_P]`` corner numbers."""
+    return w[0] * c[0] + w[1] * c[1] + w[2] * c[2] + w[3] * c[3]
+
+
+@triton.jit
+def blend_rows(w, c):
+    """``sum_c w_c c_c`` with per-cell weights and ``[BLOCK_P, BLOCK_D]`` corner tiles:
+    the bilinear sample."""
+    return w[0][:, None] * c[0] + w[1][:, None] * c[1] + w[2][:, None] * c[2] + w[3][:, None] * c[3]
+
+
+@triton.jit
+def row_dots(src, c):
+    """``<src, c_c>`` per cell for the four corner tiles. Bilinear sampling is linear,
+    so ``<src, K_n>`` and its position derivatives are weighted sums of these four."""
+    return (
+        tl.sum(src * c[0], 1),
+        tl.sum(src * c[1], 1),
+        tl.sum(src * c[2], 1),
+        tl.sum(src * c[3], 1),
+    )
+
+
+@triton.jit
+def clamped_logit(scale, w, h):
+    """``l_n = clamp(scale * <q, K_n>, -M, M)`` from the corner dots ``h_c = <q, key_c>``,
+    M the largest finite value of the accumulation dtype: a finite scale that overflows
+    the product still gives a valid softmax. (Gradients are taken as if unclamped.)"""
+    logit = scale * blend(w, h)
+    if logit.dtype == tl.float64:  # noqa: SIM108 (a compile-time branch on the dtype)
+        big = 1.7976931348623157e308
+    else:
+        big = 3.4028234663852886e38
+    limit = tl.full(logit.shape, big, logit.dtype)
+    return tl.minimum(tl.maximum(logit, -limit), limit)
+
+
+@triton.jit
+def scatter_corners(ptr, rows, masks, w, src, d, d_mask, D):
+    """Atomically add ``w_c * src`` into the four corner rows of a ``(rows, D)``
+    accumulator: one relaxed atomic per in-bounds corner and channel (only atomicity is
+    needed, not ordering against other memory)."""
+    cols = ptr + d[None, :]
+    dm = d_mask[None, :]
+    for c in tl.static_range(4):
+        tl.atomic_add(
+            cols + rows[c][:, None] * D,
+            w[c][:, None] * src,
+            mask=masks[c][:, None] & dm,
+            sem="relaxed",
         )
-        h00 += c00
-        h01 += c01
-        h10 += c10
-        h11 += c11
-    return h00, h01, h10, h11
-
-
-@triton.jit
-def bilinear_gather(
-    map_ptr, r00, r01, r10, r11, m00, m01, m10, m11, w00, w01, w10, w11, d, d_mask, D
-):
-    """Bilinearly sampled ``[BLOCK_P, BLOCK_D]`` chunk ``sum_c w_c * map[r_c, d]``, in
-    the dtype of the weights."""
-    ACC: tl.constexpr = w00.dtype
-    rows = map_ptr + d[None, :]
-    dm = d_mask[None, :]
-    acc = w00[:, None] * tl.load(rows + r00[:, None] * D, m00[:, None] & dm, 0.0).to(ACC)
-    acc += w01[:, None] * tl.load(rows + r01[:, None] * D, m01[:, None] & dm, 0.0).to(ACC)
-    acc += w10[:, None] * tl.load(rows + r10[:, None] * D, m10[:, None] & dm, 0.0).to(ACC)
-    acc += w11[:, None] * tl.load(rows + r11[:, None] * D, m11[:, None] & dm, 0.0).to(ACC)
-    return acc

@@ -26,7 +26,7 @@ def test_every_kernel_config_compiles_without_spills(arch):
     }
     assert {(r["kernel"], r["dtype"]) for r in rows} == expected
     expected_count = sum(
-        len(variant.configs(getattr(torch, dtype)))
+        len(variant.configs(getattr(torch, dtype))) * len(variant.widths)
         for variant in kernels.KERNEL_VARIANTS
         for dtype in DTYPES
     )
@@ -61,6 +61,7 @@ def test_format_table_lists_every_row():
     row = {
         "kernel": "k",
         "config": "BLOCK=1",
+        "widths": "D=16",
         "dtype": "float32",
         "arch": 90,
         "registers": 40,
