@@ -40,6 +40,7 @@ INTERPRETER_FILES = frozenset(
         "test_kernels_modules.py",
         "test_integration_opcheck.py",
         "test_bench_smoke.py",
+        "test_bench_traffic.py",
     }
 )
 
