@@ -9,6 +9,7 @@ from torch import nn
 from ddsm_triton._validation import (
     check_backend,
     check_bool,
+    check_dilation,
     check_feature_maps,
     check_module_inputs,
     check_odd_square,
@@ -74,7 +75,8 @@ class SpatialDynamicAffinity(nn.Module):
         check_odd_square("kernel_size**2", self.num_samples)
         self.low_channels, self.high_channels, self.dim = low_channels, high_channels, dim
         self.kernel_size = kernel_size
-        self.dilation = check_positive_int("dilation", dilation)
+        # The map size is unknown until forward (which checks it again): bound the window.
+        self.dilation = check_dilation(dilation, kernel_size, 0, 0)
         self.groups = groups
         self.pos_embed = check_bool("pos_embed", pos_embed)
         self.backend = check_backend(backend)

@@ -107,3 +107,9 @@ def test_modules_run_on_meta_tensors(monkeypatch):
     layer = DDSM(16, 8).to("meta")
     y = layer(*_inputs(device="meta"))
     assert y.is_meta and y.shape == (2, 16, 6, 5)
+
+
+@pytest.mark.parametrize("dilation", [10**30, 2**63 - 1, 2**24])
+def test_dilation_overflow_is_rejected_at_construction(dilation):
+    with pytest.raises(ValueError, match=r"dilation must satisfy .*got dilation="):
+        DDSM(16, 8, dilation=dilation)
