@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]' $(PINS)
 	touch $(STAMP)
 
-# The Triton kernels run on CPU tensors through the interpreter here.
+# The Triton kernels run on CPU tensors through the interpreter here. The second run
+# is the CUDA tier's dry run (its test code on CPU, tiny shapes, ~1 min), so the tier a
+# lent GPU runs keeps working as the kernels change.
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	DDSM_CUDA_DRY_RUN=1 $(PY) -m pytest -q -m cuda -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
