@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 # lent GPU runs keeps working as the kernels change.
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
-	DDSM_CUDA_DRY_RUN=1 $(PY) -m pytest -q -m cuda -p no:cacheprovider
+	$(MAKE) --no-print-directory test-cuda-dry-run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
