@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> Path:
             _kernel_report(args, device, recorder, out)
             progress.advance("kernel report")
             progress.status("traffic meter: kernel bytes per cell, under the interpreter")
-            traffic.bench_hook(out)
+            traffic.bench_hook(out, max_rows=None if args.mode == "full" else 1)
             progress.advance("traffic meter")
     finally:
         progress.close()

@@ -254,10 +254,13 @@ def _kernels(dtype) -> dict[str, tuple[object, list]]:
     return found
 
 
-def measure_shape(shape: Shape, dtype_name: str = "float32") -> list[dict]:
+def measure_shape(
+    shape: Shape, dtype_name: str = "float32", max_rows: int | None = None
+) -> list[dict]:
     """Rows of bytes per cell and their ratios to the floors at ``shape``. Row ``i`` runs
     every kernel in its ``i``-th GPU configuration (its last, if it has fewer), so the
-    rows cover every launchable configuration of every kernel."""
+    rows cover every launchable configuration of every kernel; ``max_rows`` keeps the
+    first rows only (each costs a full interpreted forward and backward)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -270,7 +273,8 @@ def measure_shape(shape: Shape, dtype_name: str = "float32") -> list[dict]:
     floor = floors(shape, dtype.itemsize, acc.itemsize)
     exact = floors(shape, dtype.itemsize, acc.itemsize, corners / cells)
     rows = []
-    for i in range(max(len(configs) for _, configs in kernels.values())):
+    count = max(len(configs) for _, configs in kernels.values())
+    for i in range(count if max_rows is None else min(count, max_rows)):
         assignment = {
             kernel: configs[min(i, len(configs) - 1)] for kernel, configs in kernels.values()
         }
@@ -314,7 +318,9 @@ def _interprets_here() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def traffic_report(shapes: tuple[Shape, ...] = SWEEP, dtype_name: str = "float32") -> list[dict]:
+def traffic_report(
+    shapes: tuple[Shape, ...] = SWEEP, dtype_name: str = "float32", max_rows: int | None = None
+) -> list[dict]:
     """Rows of :func:`measure_shape` for every shape. Runs in a subprocess with the
     interpreter switched on unless this process already interprets the kernels."""
     if not _interprets_here():
@@ -323,9 +329,11 @@ def traffic_report(shapes: tuple[Shape, ...] = SWEEP, dtype_name: str = "float32
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         command = [sys.executable, "-m", "ddsm_triton.bench.traffic", "--json"]
         command += ["--dtype", dtype_name]
+        if max_rows is not None:
+            command += ["--max-rows", str(max_rows)]
         done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         return json.loads(done.stdout)
-    return [row for shape in shapes for row in measure_shape(shape, dtype_name)]
+    return [row for shape in shapes for row in measure_shape(shape, dtype_name, max_rows)]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -369,8 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "float64"))
+    parser.add_argument(
+        "--max-rows", type=int, default=None, help="configuration rows per shape (default: all)"
+    )
     args = parser.parse_args(argv)
-    rows = traffic_report(dtype_name=args.dtype)
+    rows = traffic_report(dtype_name=args.dtype, max_rows=args.max_rows)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
 
 
@@ -380,14 +391,16 @@ if __name__ == "__main__":
     main()
 
 
-def bench_hook(out_dir) -> None:
+def bench_hook(out_dir, max_rows: int | None = None) -> None:
     """``make bench``: write traffic.json and traffic.md to ``out_dir`` and print the
-    table; a failure becomes a message in traffic.md, never a crashed benchmark."""
+    table (``max_rows`` configuration rows per shape; ``--quick`` takes one, as all of
+    them take minutes); a failure becomes a message in traffic.md, never a crashed
+    benchmark."""
     from pathlib import Path
 
     out_dir = Path(out_dir)
     try:
-        rows = traffic_report()
+        rows = traffic_report(max_rows=max_rows)
     except Exception as err:  # a broken meter must not lose the benchmark's results
         text = f"traffic meter unavailable ({type(err).__name__}: {err})"
     else:
