@@ -282,7 +282,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=1024)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--tolerance", type=int, default=2, help="boundary tolerance, px")
-    parser.add_argument("--backend", default="auto", choices=("auto", "reference", "torch", "triton"))
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", "reference", "torch", "triton")
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("train_synthetic"))
     args = parser.parse_args()
