@@ -263,8 +263,10 @@ def measure_shape(
     first rows only (each costs a full interpreted forward and backward)."""
     import torch
 
+    from ddsm_triton.reference import compute_dtype
+
     dtype = getattr(torch, dtype_name)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = compute_dtype(dtype)
     kernels = _kernels(dtype)
     labels = {label: kernel for label, (kernel, _) in kernels.items()}
     inputs, _ = _inputs(shape, dtype)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ddsm_triton.reference import compute_dtype
+
 TEMPERATURE = 10000.0
 
 
@@ -22,7 +24,7 @@ def sine_position_embedding(
     the last ``channels % 4`` channels are zero. Computed in float32 (float64
     for float64), then cast to ``dtype``.
     """
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    compute = compute_dtype(dtype)
     num_freq = channels // 4
     embedding = torch.zeros(1, channels, height, width, dtype=compute, device=device)
     if num_freq == 0:

@@ -50,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import compute_dtype as _acc_dtype
 from .bilinear import (
     blend,
     blend_rows,
@@ -140,10 +141,6 @@ INTERPRETER_CONFIGS: dict[str, triton.Config] = {
     "dsa_wide": _C({"TILE": 4096, "BLOCK_DV": 512}),
     "segment_sum": _C({"TILE": 4096}),
 }
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def channel_block(width: int) -> int:
