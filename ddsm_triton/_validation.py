@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ddsm_triton.reference import compute_dtype
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "reference", "torch", "triton")
 #: Every sample position must stay below this, so that it is exact in float32 (24-bit
@@ -148,7 +150,7 @@ def check_scale(scale: object, dtype: torch.dtype) -> float:
         raise ValueError(f"scale must be finite, got {scale}") from None
     if not math.isfinite(value):
         raise ValueError(f"scale must be finite, got {scale}")
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    compute = compute_dtype(dtype)
     largest = torch.finfo(compute).max
     if abs(value) > largest:
         raise ValueError(
@@ -159,9 +161,14 @@ def check_scale(scale: object, dtype: torch.dtype) -> float:
 
 
 def check_feature_maps(
-    x_low: torch.Tensor, x_high: torch.Tensor, low_channels: int, high_channels: int
+    x_low: torch.Tensor,
+    x_high: torch.Tensor,
+    low_channels: int,
+    high_channels: int,
+    parameter: torch.Tensor,
 ) -> None:
-    """The module's inputs: (B, Cl, H, W) and (B, Ch, h, w) on one device and dtype."""
+    """The module's inputs: (B, Cl, H, W) and (B, Ch, h, w) on one device and dtype,
+    and those of the module's ``parameter`` (see ``check_module_inputs``)."""
     check_tensor("x_low", x_low, 4)
     check_tensor("x_high", x_high, 4)
     check_same(("x_low", "x_high"), (x_low, x_high), "device")
@@ -176,6 +183,7 @@ def check_feature_maps(
         raise ValueError(
             f"x_high must have the batch size of x_low ({x_low.shape[0]}), got {x_high.shape[0]}"
         )
+    check_module_inputs(("x_low", "x_high"), (x_low, x_high), parameter)
 
 
 def autocast_enabled(device: torch.device) -> bool:

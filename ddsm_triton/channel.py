@@ -17,7 +17,6 @@ from torch import nn
 from ddsm_triton._validation import (
     check_backend,
     check_feature_maps,
-    check_module_inputs,
     check_odd_square,
     check_positive_int,
 )
@@ -90,8 +89,7 @@ class ChannelDynamicAffinity(nn.Module):
         nn.init.zeros_(self.offset.bias)
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
-        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
-        check_module_inputs(("x_low", "x_high"), (x_low, x_high), self.proj.weight)
+        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels, self.proj.weight)
         B = x_low.shape[0]
         s, a = self.side, self.pool_size
         # Every 1x1 convolution here already runs at its input's lowest resolution

@@ -11,7 +11,6 @@ from ddsm_triton._validation import (
     check_bool,
     check_dilation,
     check_feature_maps,
-    check_module_inputs,
     check_odd_square,
     check_positive_int,
 )
@@ -92,8 +91,7 @@ class SpatialDynamicAffinity(nn.Module):
         nn.init.zeros_(self.offset.bias)
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
-        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels)
-        check_module_inputs(("x_low", "x_high"), (x_low, x_high), self.proj.weight)
+        check_feature_maps(x_low, x_high, self.low_channels, self.high_channels, self.proj.weight)
         size, high_size = x_low.shape[-2:], x_high.shape[-2:]
         if self.pos_embed:
             x_low = x_low + self._embedding(x_low)
