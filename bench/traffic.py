@@ -263,7 +263,7 @@ def measure_shape(
     first rows only (each costs a full interpreted forward and backward)."""
     import torch
 
-    from ddsm_triton.reference import compute_dtype
+    from ddsm_triton._numerics import compute_dtype
 
     dtype = getattr(torch, dtype_name)
     acc = compute_dtype(dtype)

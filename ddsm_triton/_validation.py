@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddsm_triton.reference import compute_dtype
+from ddsm_triton._numerics import compute_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "reference", "torch", "triton")

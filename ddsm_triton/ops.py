@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ddsm_triton._validation import check_attention_inputs, check_backend
+from ddsm_triton._backend import resolve_backend
+from ddsm_triton._validation import check_attention_inputs
 from ddsm_triton.reference import dynamic_sample_attention as _reference_op
 from ddsm_triton.torch_backend import dynamic_sample_attention as _torch_op
 
 __all__ = ["dynamic_sample_attention", "resolve_backend"]
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to "reference", "torch" or "triton" for tensors on ``device``.
-
-    "auto" picks Triton for CUDA tensors and the grid_sample-based "torch" backend
-    elsewhere. "triton" on a CPU tensor needs the Triton interpreter
-    (``TRITON_INTERPRET=1`` set before ddsm_triton's kernels are imported); without
-    it this raises, rather than silently falling back. On "meta" tensors every
-    backend infers shapes (the Triton op has a fake implementation).
-    """
-    check_backend(backend)
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    interpretable = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-    runnable = device.type in ("cuda", "meta") or interpretable
-    if backend == "triton" and not runnable:
-        raise RuntimeError(
-            f"backend='triton' needs CUDA tensors, got tensors on {device}. CPU tensors "
-            "run in the Triton interpreter only when TRITON_INTERPRET=1 is set before "
-            "ddsm_triton.kernels is imported; otherwise use backend='torch' or 'auto'."
-        )
-    return backend
 
 
 def dynamic_sample_attention(

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ddsm_triton.reference import compute_dtype
+from ddsm_triton._numerics import compute_dtype
 
 TEMPERATURE = 10000.0
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddsm_triton.reference import autocast_off, clamp_to_finite, compute_dtype, sample_positions
+from ddsm_triton._numerics import autocast_off, clamp_to_finite, compute_dtype
+from ddsm_triton.reference import sample_positions
 
 __all__ = ["dynamic_sample_attention", "padded_size"]
 

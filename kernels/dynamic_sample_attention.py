@@ -50,7 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import compute_dtype as _acc_dtype
+from ddsm_triton._backend import interpreting
+from ddsm_triton._numerics import compute_dtype as _acc_dtype
+
 from .bilinear import (
     blend,
     blend_rows,
@@ -80,7 +82,7 @@ __all__ = [
 
 # Read once, at import: ``@triton.jit`` decides between compiling and interpreting at
 # decoration time, so this is what the kernels below were built for.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = interpreting()
 
 # --------------------------------------------------------------------------------------
 # Launch configurations: the one place that lists what the library can launch.
@@ -532,24 +534,6 @@ def _new(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cuda":
-        if INTERPRET:
-            raise RuntimeError(
-                "ddsm_triton kernels were imported with TRITON_INTERPRET=1 and only run "
-                "CPU tensors in this process; got a CUDA tensor"
-            )
-        return
-    if t.device.type == "cpu":
-        if not INTERPRET:
-            raise RuntimeError(
-                "the Triton backend runs CPU tensors only under the Triton interpreter: set "
-                "TRITON_INTERPRET=1 before importing ddsm_triton, or move the tensors to CUDA"
-            )
-        return
-    raise RuntimeError(f"the Triton backend needs CUDA tensors, got device {t.device}")
-
-
 @dataclass(frozen=True)
 class _Dims:
     """Sizes of one call: P cells on an (H, W) grid of G heads, widths, window side."""
@@ -616,7 +600,6 @@ def _forward(
     dilation: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_device(query)
     dims = _Dims.of(query, value, offsets)
     acc = _acc_dtype(query.dtype)
     out = _new(value.shape, value.dtype, value.device)
@@ -673,7 +656,6 @@ def _backward(
     scale: float,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_device(query)
     dims = _Dims.of(query, value, offsets)
     dev, acc = query.device, lse.dtype
     dq = _new(query.shape, query.dtype, dev)

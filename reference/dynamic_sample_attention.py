@@ -9,17 +9,15 @@ floor corners make it (the same convention as ``F.grid_sample``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
+from ddsm_triton._numerics import autocast_off, clamp_to_finite, compute_dtype
+
 __all__ = [
-    "autocast_off",
     "base_grid",
     "bilinear_sample",
-    "clamp_to_finite",
-    "compute_dtype",
     "dynamic_sample_attention",
     "sample_positions",
 ]
@@ -92,31 +90,6 @@ def bilinear_sample(feature: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> 
     values = torch.gather(flat, 2, index.expand(-1, -1, -1, D))
     values = values.view(B, G, H, W, N, 4, D).permute(0, 2, 3, 1, 4, 5, 6)
     return ((weight * inside).unsqueeze(-1) * values).sum(dim=-2)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the op computes in: float64 stays float64, everything else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Switch autocast off on ``device``'s type, where that type has autocast at all
-    (``torch.autocast`` rejects some, e.g. "meta", even to disable it)."""
-    if not torch.amp.is_autocast_available(device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-def clamp_to_finite(logits: torch.Tensor) -> torch.Tensor:
-    """Clamp logits to the finite range of their dtype.
-
-    ``scale * <q, K_n>`` can overflow to +-inf for a large finite scale (1e38 in
-    float32), and a softmax over infinities is NaN. Clamping to +-max keeps every
-    logit finite: the softmax then weighs the largest logits equally, which is
-    the limit of the finite computation. The clamped logits get zero gradient.
-    """
-    largest = torch.finfo(logits.dtype).max
-    return logits.clamp(-largest, largest)
 
 
 def dynamic_sample_attention(

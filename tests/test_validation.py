@@ -261,6 +261,22 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
 
 
+def test_triton_device_rules_follow_the_interpreter(monkeypatch):
+    """Interpreted kernels take CPU tensors only, compiled ones CUDA tensors only, and
+    no other device runs them; "meta" infers shapes either way."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", torch.device("cpu")) == "triton"
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 is set"):
+        resolve_backend("triton", torch.device("cuda"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert resolve_backend("triton", torch.device("cuda")) == "triton"
+    for device in ("cpu", "meta"):
+        assert resolve_backend("reference", torch.device(device)) == "reference"
+    assert resolve_backend("triton", torch.device("meta")) == "triton"
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        resolve_backend("triton", torch.device("mps"))
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [

@@ -1,0 +1,38 @@
+"""Numerical conventions shared by every backend (docs/semantics.md, section 1).
+
+A leaf module: it imports only torch, so the reference, the grid_sample backend, the
+kernels and the input checks can all use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["autocast_off", "clamp_to_finite", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op computes in: float64 stays float64, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switch autocast off on ``device``'s type, where that type has autocast at all
+    (``torch.autocast`` rejects some, e.g. "meta", even to disable it)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def clamp_to_finite(logits: torch.Tensor) -> torch.Tensor:
+    """Clamp logits to the finite range of their dtype.
+
+    ``scale * <q, K_n>`` can overflow to +-inf for a large finite scale (1e38 in
+    float32), and a softmax over infinities is NaN. Clamping to +-max keeps every
+    logit finite: the softmax then weighs the largest logits equally, which is
+    the limit of the finite computation. The clamped logits get zero gradient.
+    """
+    largest = torch.finfo(logits.dtype).max
+    return logits.clamp(-largest, largest)
