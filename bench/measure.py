@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ddsm_triton.memory import SavedBytes, saved_bytes  # noqa: F401 (re-exported)
 
 # Quantiles reported with every latency: median and a robust spread (p20, p80),
 # which, unlike min/max, a single preempted iteration on a shared machine cannot move.
@@ -98,61 +100,6 @@ def time_cuda(
         quantiles=list(QUANTILES),
     )
     return Timing(float(p50), float(p20), float(p80), 0)
-
-
-# ------------------------------------------------------------- saved-for-backward
-def _storage_key(t: torch.Tensor) -> int:
-    """Identity of the memory block behind ``t`` (views share it), real or fake."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    return StorageWeakRef(t.untyped_storage()).cdata
-
-
-@dataclass(frozen=True)
-class SavedBytes:
-    """What autograd keeps for backward after a forward.
-
-    Attributes:
-        total: bytes of every distinct storage saved, inputs and parameters included.
-        activations: the same without the storages of ``exclude`` (the inputs and
-            parameters, which exist anyway): the memory the forward adds.
-        tensors: number of distinct storages saved.
-    """
-
-    total: int
-    activations: int
-    tensors: int
-
-
-def saved_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> SavedBytes:
-    """Bytes autograd saves for backward while ``forward()`` runs, each storage once.
-
-    Uses ``torch.autograd.graph.saved_tensors_hooks``: the pack hook sees every
-    tensor that any autograd node saves. A storage is counted once however many
-    views of it are saved, and counted whole (a saved view keeps its whole storage
-    alive). Exact on any device, and under ``FakeTensorMode`` it costs no compute,
-    so sizes too big to run can still be measured.
-    """
-    excluded = {_storage_key(t) for t in exclude}
-    seen: dict[int, int] = {}
-    # Holding the saved tensors until the count is done keeps their storages alive,
-    # so a freed storage's address can never be reused by a later one and miscounted.
-    keep: list[torch.Tensor] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
-        if key not in seen:
-            seen[key] = t.untyped_storage().nbytes()
-            keep.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    total = sum(seen.values())
-    activations = sum(n for key, n in seen.items() if key not in excluded)
-    del out
-    keep.clear()
-    return SavedBytes(total, activations, len(seen))
 
 
 @contextlib.contextmanager

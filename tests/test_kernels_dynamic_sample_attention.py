@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ddsm_triton.kernels as kernels
-from ddsm_triton.bench.measure import saved_bytes
+from ddsm_triton.memory import saved_bytes
 from ddsm_triton.reference import dynamic_sample_attention as reference_op
 
 dsa = importlib.import_module("ddsm_triton.kernels.dynamic_sample_attention")
