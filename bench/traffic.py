@@ -184,7 +184,7 @@ def forced_configs(assignment: dict[object, object]) -> Iterator[None]:
 
 # ------------------------------------------------------------------------ floors
 def in_bounds_corners(offsets, dilation: int) -> int:
-    """Number of (cell, sample, corner) whose corner lies inside the map (SPEC step 3)."""
+    """Number of (cell, sample, corner) whose corner lies inside the map (docs/semantics.md §1.2, step 3)."""
     import torch
 
     from ddsm_triton.reference.dynamic_sample_attention import sample_positions
