@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from utils import (
     F64,
     assert_close,
+    attention_inputs,
     features,
     literal_channel,
     literal_ddsm,
@@ -18,12 +19,15 @@ from utils import (
     replace_op,
 )
 
+import ddsm_triton._backend
 import ddsm_triton.channel
+import ddsm_triton.ops
 import ddsm_triton.spatial
 from ddsm_triton import (
     DDSM,
     ChannelDynamicAffinity,
     SpatialDynamicAffinity,
+    dynamic_sample_attention,
     sine_position_embedding,
 )
 from ddsm_triton.layout import heads_to_rows, pixel_rows, rows_to_heads, rows_to_map, to_offsets
@@ -169,6 +173,21 @@ def test_a_branch_checks_its_backend_name_when_it_is_set(branch):
     with pytest.raises(ValueError, match="backend must be one of"):
         layer.backend = "gpu"
     assert layer.backend == "auto"
+
+
+def test_a_call_does_not_check_the_backend_name_again(monkeypatch):
+    """The name was checked when it was set; a forward call only resolves it."""
+    layer = DDSM(16, 12)
+
+    def fail(backend):
+        raise AssertionError(f"backend {backend!r} checked again during a call")
+
+    monkeypatch.setattr(ddsm_triton._backend, "check_backend", fail)
+    monkeypatch.setattr(ddsm_triton.ops, "check_backend", fail)
+    y = layer(*features())
+    assert y.shape == (2, 16, 10, 9)
+    with pytest.raises(AssertionError, match="checked again"):  # the op checks its own
+        dynamic_sample_attention(*attention_inputs(), backend="torch")
 
 
 def test_ddsm_checks_its_inputs_once(monkeypatch):
