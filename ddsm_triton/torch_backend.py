@@ -1,6 +1,6 @@
 """Dynamic sample attention on ``F.grid_sample``: the fast plain-PyTorch backend.
 
-Same op, same numbers as ``ddsm_triton.reference`` (SPEC.md section 1), several
+Same op, same numbers as ``ddsm_triton.reference`` (docs/semantics.md §1), several
 times faster on CPU (``make bench`` gives the torch/eager ratio): ``grid_sample``
 samples the key and value maps at all N positions with one vectorised kernel each
 way, where the reference gathers four stacked corners and scatter-adds them back.

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from utils import BACKENDS
 
 from ddsm_triton import DDSM
-
-BACKENDS = ["reference", "torch", "triton"]
 
 
 def _run(module: torch.nn.Module, x_low: torch.Tensor, x_high: torch.Tensor, weight: torch.Tensor):

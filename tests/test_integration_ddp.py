@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
+from utils import randomise_offsets
 
 from ddsm_triton import DDSM
 
@@ -26,10 +27,7 @@ BATCH = 4
 def _model(backend: str) -> torch.nn.Module:
     torch.manual_seed(0)
     layer = DDSM(4, 6, dim=4, groups=2, pool_size=2, backend=backend)
-    with torch.no_grad():
-        layer.spatial.offset.weight.normal_(0, 0.2)
-        layer.channel.offset.weight.normal_(0, 0.2)
-    return layer.double()
+    return randomise_offsets(layer).double()
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
