@@ -2,7 +2,7 @@
 §2.5). The one place that reads ``TRITON_INTERPRET``.
 
 A backend name is checked once, where it is set (the op's argument, a module's
-``backend`` attribute); ``resolve_backend`` then maps a checked name to what runs.
+``backend`` attribute); ``resolve_checked`` then maps a checked name to what runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from ddsm_triton._validation import check_backend
 
-__all__ = ["BackendAttribute", "interpreting", "resolve_backend"]
+__all__ = ["BackendAttribute", "interpreting", "resolve_backend", "resolve_checked"]
 
 
 def interpreting() -> bool:
@@ -27,6 +27,12 @@ def interpreting() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` to "reference", "torch" or "triton" for tensors on ``device``
+    (the public form of ``resolve_checked``: it checks the name first)."""
+    return resolve_checked(check_backend(backend), device)
+
+
+def resolve_checked(backend: str, device: torch.device) -> str:
     """Map a checked ``backend`` name to "reference", "torch" or "triton" for tensors on
     ``device``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddsm_triton._backend import resolve_backend
+from ddsm_triton._backend import resolve_backend, resolve_checked
 from ddsm_triton._validation import check_attention_inputs, check_backend
 from ddsm_triton.reference import dynamic_sample_attention as _reference_op
 from ddsm_triton.torch_backend import dynamic_sample_attention as _torch_op
@@ -66,7 +66,7 @@ def dispatch(
     None means 1/sqrt(Dk)."""
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    chosen = resolve_backend(backend, query.device)
+    chosen = resolve_checked(backend, query.device)
     if chosen == "reference":
         return _reference_op(query, key, value, offsets, dilation=dilation, scale=scale)
     if chosen == "torch":

@@ -257,6 +257,8 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         resolve_backend("triton", torch.device("cpu"))
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("bogus", torch.device("cpu"))
 
 
 def test_triton_device_rules_follow_the_interpreter(monkeypatch):
