@@ -1,10 +1,8 @@
-"""``python -m ddsm_triton.bench``: every backend of the DDSM op and module, checked against
-the reference, then timed, and the bytes each saves for backward. ``--gpu`` (make
-gpu-check): the named points in bf16 and fp32, the atomic and the deterministic Triton
-backward side by side. Writes into ``--out`` (default bench/results/<device>/):
-results.csv, summary.md, the plots; on CPU the kernel report and the traffic meter
-(kernel_report.*, traffic.*); with ``--gpu`` profile.txt and autotune.txt.
-"""
+"""``python -m ddsm_triton.bench``: every backend of the DDSM op and module checked against
+the reference, then timed, and the bytes each saves for backward, into ``--out``
+(bench/results/<device>/): results.csv, summary.md, the plots; on CPU the kernel report and
+traffic meter; with ``--gpu`` (make gpu-check) profile.txt and autotune.txt. See
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import report
-from .cases import build, plan
+from .cases import KINDS, build, plan
 from .measure import Budget, Run
 from .records import Recorder, results_dir
 
@@ -33,26 +31,21 @@ MODES = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m ddsm_triton.bench", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     for mode, (*_, text) in MODES.items():
         p.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode, help=text)
     p.set_defaults(mode="quick")
-    p.add_argument("--dry-run", action="store_true", help="--gpu on toy maps, any device")
+    p.add_argument("--dry-run", action="store_true", help="--gpu's structure, toy maps, CPU")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--budget-s", type=float, help="seconds for all timings (default: per mode)")
     p.add_argument("--call-s", type=float, help="time no call predicted longer (per mode)")
     p.add_argument("--compiler", default="inductor", help="torch.compile's backend")
     p.add_argument("--no-static", dest="static", action="store_false", help="no kernel report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda:  # before the kernels are imported: on CPU they run only interpreted
         os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
@@ -69,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a time limit still writes
     start = time.perf_counter()
     try:
-        (run := Run(rec, device, budget, args.compiler, min_run_time)).parity()
-        cases = plan(mode, cuda=cuda)
+        run, cases = Run(rec, device, budget, args.compiler, min_run_time), plan(mode, cuda=cuda)
         for case, backends in tqdm(cases, "bench", disable=args.quiet, dynamic_ncols=True):
             run.case(case, backends)
             rec.write(out / "results.csv")  # a run stopped at its limit keeps what it did
@@ -87,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def static_reports(rec: Recorder, out: Path, max_rows: int | None) -> None:
-    """The kernel report for sm_90 (reused while the kernels are unchanged) and the
-    traffic meter (``max_rows`` launch configurations per shape)."""
+    """The sm_90 kernel report (reused while the kernels are unchanged), traffic meter."""
     from . import kernel_report, kernel_stats, traffic
 
     path = out / "kernel_report.json"
@@ -103,20 +94,21 @@ def static_reports(rec: Recorder, out: Path, max_rows: int | None) -> None:
 
 def profile_table(cases: list, device: torch.device, out: Path) -> None:
     """profile.txt: torch.profiler's table of 3 forward+backward per kind at the largest
-    point, first dtype (Triton on a GPU; on CPU the reference: interpreted kernels mean
-    nothing)."""
+    point (Triton on a GPU; on CPU the reference: interpreted kernels mean nothing)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda, tables = device.type == "cuda", []
     backend, sort = ("triton", "self_device") if cuda else ("reference", "self_cpu")
-    for case in [c for c in cases if c.dtype == cases[0].dtype][-3:]:
+    top = cases.index(max(cases, key=lambda c: c.map_h * c.map_w))  # a size's kinds follow
+    for case in cases[top : top + len(KINDS)]:
         (wl := build(case, backend, device)).fwdbwd()  # compiles, autotunes
         with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
             for _ in range(3):
                 wl.fwdbwd()
             torch.cuda.synchronize() if cuda else None
         table = prof.key_averages().table(sort_by=f"{sort}_time_total", row_limit=15)
-        tables.append(f"{backend}, {case.label}, 3 x forward+backward\n{table}")
+        where = f"{case.kind} {case.map_h}x{case.map_w} {case.dtype}"
+        tables.append(f"{backend}, {where}, 3 x forward+backward\n{table}")
         (out / "profile.txt").write_text("\n\n".join(tables))
 
 

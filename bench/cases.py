@@ -19,17 +19,18 @@ KINDS = ("op:spatial", "op:channel", "module")
 NAMED = {(64, 128): "cityscapes-s16", (128, 256): "cityscapes-s8", (256, 512): "cityscapes-s4"}
 SIZES = ((32, 32), (64, 64), *NAMED)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: What a user could write in plain PyTorch: speed-ups are quoted against the fastest.
-PYTORCH = ("reference", "reference+compile", "torch")
+#: The library's backends, and what a user could write in plain PyTorch (speed-ups are
+#: quoted against the fastest of those).
+BACKENDS, PYTORCH = ("reference", "torch", "triton"), ("reference", "reference+compile", "torch")
 POOL, CHANNEL_KERNEL, VALUE_DOWN = 8, 3, 2  # DDSM's defaults
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked problem; each field is a CSV column. Kinds: "op:spatial" (the op as
-    the spatial branch calls it: grid = map = x_low), "op:channel" (as the channel branch
-    does: a sqrt(dim) square grid, Dk = 8*8, Dv = x_high pooled), "module" (the DDSM
-    layer, x_high half x_low's size). N = samples = k*k; dk, dv per head."""
+    """One benchmarked problem, a CSV column per field. Kinds: "op:spatial" (the op as the
+    spatial branch calls it: grid = x_low), "op:channel" (as the channel branch does: a
+    sqrt(dim) square grid, Dk = 8*8, Dv = x_high pooled), "module" (DDSM; x_high is half
+    x_low). N = samples = k*k; dk, dv per head."""
 
     kind: str
     config: str  # a named configuration, or "size" (or "parity", the tiny checks)
@@ -45,13 +46,6 @@ class Case:
     dv: int
     dtype: str
 
-    @property
-    def label(self) -> str:
-        return (
-            f"{self.kind} {self.map_h}x{self.map_w} B{self.batch} dim{self.dim} "
-            f"G{self.groups} N{self.samples} {self.dtype}"
-        )
-
 
 def make_case(kind: str, hw: tuple[int, int], config: str = "size", **kw) -> Case:
     """The case of ``kind`` for an x_low of ``hw`` = (H, W) pixels; ``kw``: batch (2),
@@ -66,9 +60,8 @@ def make_case(kind: str, hw: tuple[int, int], config: str = "size", **kw) -> Cas
 
 
 def io_floor_bytes(case: Case) -> tuple[int, int]:
-    """The fewest bytes the op moves through DRAM, (forward, forward+backward): forward
-    reads query, key, value, offsets once and writes out; backward reads them and dout
-    once and writes their gradients."""
+    """(forward, forward+backward) fewest bytes through DRAM: the forward reads q, k, v,
+    offsets once and writes out; the backward reads them and dout, writes their grads."""
     cells = case.batch * case.grid_h * case.grid_w * case.groups
     item = DTYPES[case.dtype].itemsize
     inputs = cells * (2 * case.dk + case.dv + 2 * case.samples) * item
@@ -76,9 +69,18 @@ def io_floor_bytes(case: Case) -> tuple[int, int]:
     return inputs + out, 2 * (inputs + out) + inputs
 
 
+#: Tiny cases (two heads; Dv != Dk) on which every backend is checked, not timed: on CPU
+#: the only ones the interpreted Triton kernels run.
+PARITY = (
+    make_case("op:spatial", (6, 5), "parity", batch=1, dim=16, groups=2),
+    make_case("op:channel", (8, 12), "parity", batch=1, dim=16),
+    make_case("module", (4, 4), "parity", batch=1, dim=16, groups=2),
+)
+
+
 def plan(mode: str, *, cuda: bool) -> list[tuple[Case, tuple[str, ...]]]:
-    """(case, backends to time): every kind at every size, smallest first (so the time
-    budget extrapolates upwards), then the compiles (a minute each: a budget drops them
+    """(case, backends to time): the parity cases, every kind at every size, smallest first
+    (so the time budget extrapolates upwards), then the compiles (a minute each: a budget drops them
     first). "tiny": toy shapes for tests; "gpu": the named points in bf16 and fp32;
     "gpu-dry-run": that structure on toy maps."""
     gpu, toy = mode.startswith("gpu"), mode in ("tiny", "gpu-dry-run")
@@ -86,7 +88,7 @@ def plan(mode: str, *, cuda: bool) -> list[tuple[Case, tuple[str, ...]]]:
     sizes = ((8, 8), (16, 16), (16, 32))[: len(sizes)] if toy else sizes
     dtypes = ("bf16", "fp32") if gpu else ("fp32", "bf16")[: 1 + cuda]  # fp32 compiles
     batch, dim = (1, 16) if toy else (2, 256)
-    timed = ("reference", "torch", "triton", "triton+deterministic")[: 2 + cuda + (gpu and cuda)]
+    timed = (*BACKENDS, "triton+deterministic")[: 2 + cuda + (gpu and cuda)]
     names = dict(zip(sizes, NAMED.values(), strict=False)) if gpu else NAMED
     cases = [
         make_case(kind, hw, names.get(hw, "size"), batch=batch, dim=dim, dtype=dtype)
@@ -96,8 +98,9 @@ def plan(mode: str, *, cuda: bool) -> list[tuple[Case, tuple[str, ...]]]:
     ]
     kinds = KINDS[: 3 if mode == "full" else 2 if gpu else 1]
     first = [c for c in cases if (c.map_h, c.map_w) == sizes[0] or mode == "full"]
-    compiled = [c for c in first if c.kind in kinds and c.dtype == "fp32"]
-    return [(c, timed) for c in cases] + [(c, ("reference+compile",)) for c in compiled]
+    compiled = [(c, ("reference+compile",)) for c in first if c.kind in kinds and c.dtype == "fp32"]
+    checked = (*BACKENDS, "triton+deterministic")
+    return [(c, checked) for c in PARITY] + [(c, timed) for c in cases] + compiled
 
 
 @dataclass
@@ -140,15 +143,14 @@ def build(case: Case, backend: str, device: torch.device, compiler: str = "induc
     from ddsm_triton import DDSM, dynamic_sample_attention, reference
 
     base, _, variant = backend.partition("+")
-    torch.manual_seed(zlib.crc32(case.label.encode()))
+    torch.manual_seed(zlib.crc32(repr(case).encode()))
     c, dtype, params = case, DTYPES[case.dtype], {}
     with torch.device(device):
         if c.kind == "module":
             torch.set_default_dtype(dtype)  # parameters born in the dtype: fakes cannot .to()
             try:
-                layer = DDSM(
-                    c.dim, c.dim, c.dim, math.isqrt(c.samples), groups=c.groups, backend=base
-                )
+                k = math.isqrt(c.samples)
+                layer = DDSM(c.dim, c.dim, c.dim, k, groups=c.groups, backend=base)
             finally:
                 torch.set_default_dtype(torch.float32)
             with torch.no_grad():  # fractional offsets; DDSM starts on the integer grid
@@ -167,9 +169,9 @@ def build(case: Case, backend: str, device: torch.device, compiler: str = "induc
             shapes = {"query": (*cells, c.dk), "key": (*cells, c.dk), "value": (*cells, c.dv)}
             shapes["offsets"] = (*cells, c.samples, 2)
             out_shape = (c.batch, *cells, c.dv)
-        inputs = {n: torch.randn(c.batch, *s) for n, s in shapes.items()}
-        if "offsets" in inputs:  # N(0, 0.5) cells: fractional, a few out of bounds
-            inputs["offsets"] *= 0.5
+        # Offsets N(0, 0.5) cells: fractional, a few samples out of bounds.
+        scale = {"offsets": 0.5}
+        inputs = {n: scale.get(n, 1) * torch.randn(c.batch, *s) for n, s in shapes.items()}
         inputs = {n: t.to(dtype).requires_grad_() for n, t in inputs.items()}
         grad_out = torch.randn(out_shape).to(dtype)
     if variant == "compile":

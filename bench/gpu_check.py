@@ -1,14 +1,9 @@
-"""``make gpu-check``: prove and measure the library on a GPU machine in one command, each
-step under a time limit (coreutils ``timeout``: SIGTERM, then SIGKILL 20 s later; the
-profile writes what it measured on SIGTERM), everything into bench/results/<card>/:
-
-1. versions.txt (``python -m torch.utils.collect_env``) and nvidia-smi.txt;
-2. pytest_cuda.log: the CUDA tier, ``pytest -m cuda`` (compiled kernels, real sizes);
-3. bench.log and the GPU profile's files: ``python -m ddsm_triton.bench --gpu``;
-4. gpu_check.md: each step's exit status (124: stopped at its limit) and seconds.
-
-It uses the Python that runs it: no environment, no registry. ``--dry-run``: the same
-steps on CPU with toy shapes, into a temporary folder: a check of the plumbing.
+"""``make gpu-check``: the library proved and measured on a GPU machine in one command,
+into bench/results/<card>/: versions.txt (``torch.utils.collect_env``), nvidia-smi.txt,
+the CUDA tier (``pytest -m cuda``, pytest_cuda.log), the GPU profile (``python -m
+ddsm_triton.bench --gpu``, bench.log and its files), and gpu_check.md (each step's exit
+status, 124 if stopped at its time limit by ``timeout``, and seconds). It uses the Python
+that runs it: no environment, no registry. ``--dry-run``: the same on CPU, toy shapes.
 """
 
 from __future__ import annotations
@@ -46,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = [py, "-m", "ddsm_triton.bench", "--gpu", "--quiet", "--out", str(out)]
     if dry:  # on CPU, where inductor would compile for minutes
         env["DDSM_CUDA_DRY_RUN"] = "1"
-        bench += ["--dry-run", "--device", "cpu", "--compiler", "eager"]
+        bench += ["--dry-run", "--compiler", "eager"]
     elif importlib.util.find_spec("xdist"):
         tests += ["-n", "4"]
     commands = [[py, "-m", "torch.utils.collect_env"], ["nvidia-smi"], tests, bench]
@@ -61,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {log} | {status[log]} | {time.perf_counter() - start:.0f} |")
         (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
         print(lines[-1], flush=True)
-    print((out / "summary.md").read_text() if (out / "summary.md").exists() else "no summary")
     return max(status["pytest_cuda.log"], status["bench.log"])
 
 

@@ -11,26 +11,23 @@ import time
 
 import torch
 
-from ddsm_triton._backend import interpreting
 from ddsm_triton.memory import saved_bytes
 
-from .cases import Case, Workload, build, io_floor_bytes, make_case
+from .cases import BACKENDS, Case, Workload, build, io_floor_bytes
 from .records import Recorder
 
-#: max |x - reference| / max |reference| allowed per tensor: float32 allows TF32 matmuls,
-#: half types the rounding of their 8- and 11-bit mantissas.
+#: max |x - ref| / max |ref| per tensor: TF32 matmuls in fp32, 8/11-bit mantissas in halves.
 TOLERANCE = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 2e-2}
 
 
 def latency_ms(fn, cuda: bool, min_run_time: float) -> list[float]:
-    """[median, p20, p80] milliseconds of ``fn()``, after a warm-up call."""
+    """[median, p20, p80] milliseconds of ``fn()`` (already warmed up)."""
     if cuda:
         import triton.testing
 
         return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
     from torch.utils.benchmark import Timer
 
-    fn()
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     times = torch.tensor(timer.blocked_autorange(min_run_time=min_run_time).times)
     return (1e3 * times.quantile(torch.tensor([0.5, 0.2, 0.8], dtype=times.dtype))).tolist()
@@ -39,14 +36,14 @@ def latency_ms(fn, cuda: bool, min_run_time: float) -> list[float]:
 def worst_error(actual: dict, expected: dict) -> tuple[float, str]:
     """(max |actual - expected| / max |expected|, its tensor's name) over the output and
     every gradient; a missing or NaN tensor scores inf, an all-zero gradient 1."""
-    errors = {}
-    for name, e in expected.items():
-        a = actual.get(name)
+
+    def error(a: torch.Tensor | None, e: torch.Tensor | None) -> float:
         if a is None or e is None or a.shape != e.shape:
-            errors[name] = 0.0 if a is None and e is None else float("inf")
-            continue
+            return 0.0 if a is e else float("inf")
         err = (a.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1e-30)
-        errors[name] = err.nan_to_num(float("inf")).item()
+        return err.nan_to_num(float("inf")).item()
+
+    errors = {name: error(actual.get(name), e) for name, e in expected.items()}
     worst = max(errors, key=errors.__getitem__)
     return errors[worst], worst
 
@@ -62,9 +59,9 @@ def fake_saved_bytes(case: Case, backend: str, device: torch.device):
 
 class Budget:
     """The one time limit. A backend is timed at a case if one forward+backward, predicted
-    from the slowest seconds per work unit seen for its kind and backend, is at most
-    ``call_s`` and its timing ends before the deadline. The work unit is a byte the
-    reference saves at the case (known exactly beforehand; the reference is memory-bound)."""
+    from the slowest seconds per byte the reference saves (known beforehand; it is
+    memory-bound) seen for its kind and backend, is at most ``call_s`` and the timing ends
+    before the deadline."""
 
     def __init__(self, total_s: float, call_s: float) -> None:
         self.deadline, self.call_s = time.perf_counter() + total_s, call_s
@@ -84,56 +81,27 @@ class Budget:
 
 
 class Run:
-    """Measures cases on ``device`` within ``budget`` into ``rec``; ``min_run_time``: the
-    seconds to time a phase on CPU; ``compiler``: torch.compile's backend."""
+    """Measures cases into ``rec``; ``min_run_time``: seconds to time a phase on CPU."""
 
     def __init__(self, rec: Recorder, device, budget: Budget, compiler: str, min_run_time: float):
         self.rec, self.device, self.budget, self.compiler = rec, device, budget, compiler
         self.cuda, self.min_run_time = device.type == "cuda", min_run_time
         self.compile_s = 60.0 if compiler == "inductor" else 5.0  # a guess, per compile
-        self.triton = ("triton", "triton+deterministic") if self.cuda or interpreting() else ()
         if self.cuda:
             src = torch.empty(1 << 28, device=device).uniform_()  # 1 GiB, read and written
             copy_gbps = 2**31 / latency_ms(lambda: src.clone(), True, 0)[0] / 1e6
             rec.add(None, "all", "copy_gbps", copy_gbps, "device-to-device copy of 1 GiB")
         else:
-            note = "Triton on CPU runs in the interpreter: parity-checked on tiny cases, not timed"
+            note = "Triton on CPU runs in the interpreter: checked on the parity cases, not timed"
             rec.add(None, "triton", "info", note=note, config="all")
 
-    def parity(self) -> None:
-        """Every backend against the reference on tiny cases (two heads; Dv != Dk), and
-        each FakeTensorMode saved-bytes count against a real run's."""
-        for case in (
-            make_case("op:spatial", (6, 5), "parity", batch=1, dim=16, groups=2),
-            make_case("op:channel", (8, 12), "parity", batch=1, dim=16),
-            make_case("module", (4, 4), "parity", batch=1, dim=16, groups=2),
-        ):
-            expected = None
-            for backend in ("reference", "torch", *self.triton):
-                wl = build(case, backend, self.device)
-                got = wl.results()
-                expected = expected or got
-                if backend != "reference":
-                    self._check(case, backend, got, expected, "parity_err")
-                real = saved_bytes(wl.fwd, wl.leaves()).total
-                self.rec.add(case, backend, "saved_bytes", real, "real run")
-                fake = fake_saved_bytes(case, backend, self.device).total
-                self.rec.add(case, backend, "fake_minus_real_bytes", fake - real, "FakeTensorMode")
-
-    def _check(self, case: Case, backend: str, got: dict, expected: dict, metric: str) -> bool:
-        err, name = worst_error(got, expected)
-        ok = err <= TOLERANCE[case.dtype]
-        self.rec.add(case, backend, metric, err, f"{'ok' if ok else 'WRONG'}: worst is {name}")
-        return ok
-
     def case(self, case: Case, backends: tuple[str, ...]) -> None:
-        """Saved bytes and I/O floor, then each of ``backends`` checked and timed."""
-        work = 0
-        for backend in ("reference", "torch", *self.triton[:1]):
-            saved = fake_saved_bytes(case, backend, self.device)
+        """Saved bytes, then each of ``backends`` checked against the reference, then timed
+        (on the "parity" cases: checked, and the saved bytes counted for real)."""
+        self.fake = {b: fake_saved_bytes(case, b, self.device) for b in BACKENDS}
+        for backend, saved in self.fake.items():
             self.rec.add(case, backend, "saved_bytes", saved.total, "FakeTensorMode")
-            self.rec.add(case, backend, "saved_activation_bytes", saved.activations, "no inputs")
-            work = work or saved.total  # the reference's: it comes first
+        work = self.fake["reference"].total
         ref_why = self.budget.reason((case.kind, "reference"), work)
         ref = expected = None
         if not ref_why:
@@ -158,7 +126,15 @@ class Run:
             self.rec.add(case, backend, "compile_s", time.perf_counter() - start, "first call")
             saved = saved_bytes(wl.fwd, wl.leaves()).total
             self.rec.add(case, backend, "saved_bytes", saved, "real run")
-        if not self._check(case, backend, got, expected, "check_err"):
+        err, name = worst_error(got, expected)
+        ok = err <= TOLERANCE[case.dtype]
+        self.rec.add(case, backend, "check_err", err, f"{'ok' if ok else 'WRONG'}: worst is {name}")
+        if case.config == "parity":  # checked only, and the FakeTensorMode count vs a real one
+            real = saved_bytes(wl.fwd, wl.leaves()).total
+            diff = self.fake[backend.partition("+")[0]].total - real
+            self.rec.add(case, backend, "fake_minus_real_bytes", diff, "FakeTensorMode vs real")
+            return
+        if not ok:
             self.rec.add(case, backend, "skipped", note="not timed: differs from the reference")
             return
         del got

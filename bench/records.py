@@ -1,5 +1,4 @@
-"""results.csv: one row per measurement (long format: a metric's rows exist only where it
-was measured, and ``note`` says how, or why a value is missing)."""
+"""results.csv: a row per measurement; ``note`` says how, or why a value is missing."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from .cases import Case
 
 SHAPE = tuple(f.name for f in dataclasses.fields(Case))
 COLUMNS = ("device", "torch", "triton", *SHAPE, "backend", "metric", "value", "unit", "note")
-#: Unit of a metric, by the end of its name.
 UNITS = {"_ms": "ms", "_bytes": "bytes", "_s": "s", "_gbps": "GB/s", "_err": "rel"}
 
 

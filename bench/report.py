@@ -1,10 +1,11 @@
 """summary.md and the plots, from results.csv's rows alone: latency_vs_pixels.png,
-speedup_named.png (over the fastest PyTorch backend, at the named Cityscapes points, or at
-the size sweep's where none was timed), memory_vs_pixels.png (saved for backward; GPU: and
-peak) and, on a GPU, bandwidth_vs_pixels.png (the op's I/O floor over its median time)."""
+speedup_named.png (over the fastest PyTorch backend, at the named Cityscapes points),
+memory_vs_pixels.png (saved for backward; GPU: and peak) and, on a GPU,
+bandwidth_vs_pixels.png (the op's I/O floor over its median time)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -25,8 +26,8 @@ DASH = {"bf16": "--", "fp16": ":"}
 def _cases(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows that belong to a benchmark case, with 'map' (HxW) and 'pixels' added."""
     df = frame[frame["kind"].notna() & (frame["config"] != "parity")].copy()
-    for col in ("batch", "dim", "groups", "samples", "map_h", "map_w"):
-        df[col] = df[col].astype(int)
+    ints = ["batch", "dim", "groups", "samples", "map_h", "map_w"]
+    df[ints] = df[ints].astype(int)
     df["map"] = df.map_h.astype(str) + "x" + df.map_w.astype(str)
     df["pixels"] = df.map_h * df.map_w
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
@@ -35,15 +36,12 @@ def _cases(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _pivot(df: pd.DataFrame, metric: str, index=CASE) -> pd.DataFrame:
     """Cases x backends of ``metric``, backends in ORDER."""
-    t = df[df.metric == metric].pivot_table(
-        index=index, columns="backend", values="value", sort=False
-    )
+    t = df[df.metric == metric].pivot_table("value", index, "backend", sort=False)
     return t[[b for b in ORDER if b in t]]
 
 
 def speedups(df: pd.DataFrame, phase: str) -> pd.DataFrame:
-    """Per case: the fastest PyTorch backend's time over each backend's; that backend is
-    named in the column 'fastest'."""
+    """Per case: the fastest PyTorch backend's time (it is named in 'fastest') over each's."""
     t = _pivot(df, f"{phase}_ms")
     pytorch = t[[b for b in PYTORCH if b in t]].dropna(how="all")
     out = t.loc[pytorch.index].rdiv(pytorch.min(axis=1), axis=0)
@@ -82,12 +80,13 @@ def summary(frame: pd.DataFrame) -> str:
 
 
 def notes(frame: pd.DataFrame) -> list[str]:
-    """Parity, compile times and run facts one by one; checks counted; the reasons why
-    something was not timed, each once (numbers masked) with its count."""
-    facts = frame[frame.metric.isin(["parity_err", "compile_s", "copy_gbps", "info", "wall_s"])]
+    """Parity, compile times, facts; checks counted; each reason for a skip, with a count."""
+    parity = (frame.metric == "check_err") & (frame.config == "parity")
+    facts = frame[parity | frame.metric.isin(["compile_s", "copy_gbps", "info", "wall_s"])]
+    facts = facts.assign(value=pd.to_numeric(facts.value).map(_fmt))
     columns = ["metric", "backend", "kind", "value", "note"]
     lines = facts[columns].fillna("").to_string(index=False, header=False).splitlines()
-    checks = frame[frame.metric == "check_err"]
+    checks = frame[(frame.metric == "check_err") & ~parity]
     ok = checks.note.str.startswith("ok").sum()
     lines.append(f"check_err: {ok} of {len(checks)} backends matched the reference before timing")
     diff = pd.to_numeric(frame[frame.metric == "fake_minus_real_bytes"].value)
@@ -100,8 +99,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
 
 
 def _lines(df: pd.DataFrame, metrics: dict[str, str], ylabel: str, scale: float = 1.0):
-    """Log-log figure: a row per metric present, a column per kind; a line per backend
-    and dtype against x_low's pixels."""
+    """Log-log: a row per metric, a column per kind, a line per backend and dtype."""
     metrics = {m: t for m, t in metrics.items() if (df.metric == m).any()}
     kinds = [k for k in KINDS if (df.kind == k).any()]
     size = (5 * len(kinds), 4 * len(metrics))
@@ -127,8 +125,7 @@ def _speedup_bars(df: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(14, 5), squeeze=False)
     for ax, phase in zip(axes[0], PHASES, strict=True):
         s = speedups(df, phase).drop(columns="fastest").reset_index()
-        named = s.config.isin(NAMED.values())
-        s = s[named] if named.any() else s[s.config == "size"]
+        s = s[s.config.isin(NAMED.values())]
         s.index = s.kind + " " + s.config + " " + s["map"] + " " + s.dtype
         s = s[[b for b in ORDER if b in s]].dropna(how="all")
         if not s.empty:
@@ -153,10 +150,8 @@ def figures(frame: pd.DataFrame) -> dict[str, plt.Figure]:
     if (df.metric == "fwd_gbps").any():
         gbps = {f"{p}_gbps": t for p, t in PHASES.items()}
         fig = figs["bandwidth_vs_pixels"] = _lines(sweep[sweep.kind != "module"], gbps, "GB/s")
-        copy = pd.to_numeric(frame[frame.metric == "copy_gbps"].value)
-        for ax in fig.axes:
-            for c in copy:
-                ax.axhline(c, color="k", ls="--", lw=0.8, label="copy bandwidth")
+        for ax, copy in itertools.product(fig.axes, frame.value[frame.metric == "copy_gbps"]):
+            ax.axhline(float(copy), color="k", ls="--", lw=0.8, label="copy bandwidth")
     return figs
 
 

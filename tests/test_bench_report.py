@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ddsm_triton.bench import report
-from ddsm_triton.bench.cases import KINDS, NAMED, io_floor_bytes, make_case, plan
+from ddsm_triton.bench.cases import KINDS, NAMED, PARITY, io_floor_bytes, make_case, plan
 from ddsm_triton.bench.measure import Budget
 from ddsm_triton.bench.records import Recorder
 
@@ -17,6 +17,9 @@ MS = {"reference": 10.0, "torch": 4.0, "triton": 1.0, "triton+deterministic": 2.
 
 def test_gpu_plan_is_every_named_point_kind_and_dtype() -> None:
     entries = plan("gpu", cuda=True)
+    checked = [c for c, _ in entries[: len(PARITY)]]
+    assert checked == list(PARITY)  # first, every backend, checked and not timed
+    entries = entries[len(PARITY) :]
     timed = {(c.kind, (c.map_h, c.map_w), c.dtype) for c, b in entries if "triton" in b}
     assert timed == {(k, hw, d) for k in KINDS for hw in NAMED for d in ("bf16", "fp32")}
     assert all("triton+deterministic" in b for c, b in entries if "triton" in b)
@@ -25,8 +28,10 @@ def test_gpu_plan_is_every_named_point_kind_and_dtype() -> None:
     assert {c.config for c, _ in entries} == set(NAMED.values())
 
 
-def test_cpu_plan_never_times_triton() -> None:
-    assert all("triton" not in " ".join(b) for _, b in plan("quick", cuda=False))
+def test_cpu_plan_times_no_triton_and_checks_it_on_the_parity_cases() -> None:
+    entries = plan("quick", cuda=False)
+    assert all(b[-1] == "triton+deterministic" for c, b in entries if c in PARITY)
+    assert all("triton" not in " ".join(b) for c, b in entries if c not in PARITY)
 
 
 def test_io_floor_by_hand() -> None:
