@@ -33,7 +33,6 @@ MODES = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("python -m ddsm_triton.bench", description=__doc__)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     for mode, (*_, text) in MODES.items():
         p.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode, help=text)
     p.set_defaults(mode="quick")

@@ -17,7 +17,7 @@ import torch
 KINDS = ("op:spatial", "op:channel", "module")
 #: A 1024x2048 Cityscapes image at strides 16, 8 and 4 (dim 256, batch 2).
 NAMED = {(64, 128): "cityscapes-s16", (128, 256): "cityscapes-s8", (256, 512): "cityscapes-s4"}
-SIZES = ((32, 32), (64, 64), *NAMED)
+SIZES, TOY = ((32, 32), (64, 64), *NAMED), ((8, 8), (16, 16), (16, 32))
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: The library's backends, and what a user could write in plain PyTorch (speed-ups are
 #: quoted against the fastest of those).
@@ -80,15 +80,14 @@ PARITY = (
 
 def plan(mode: str, *, cuda: bool) -> list[tuple[Case, tuple[str, ...]]]:
     """(case, backends to time): the parity cases, every kind at every size, smallest first
-    (so the time budget extrapolates upwards), then the compiles (a minute each: a budget drops them
-    first). "tiny": toy shapes for tests; "gpu": the named points in bf16 and fp32;
+    (the time budget extrapolates upwards), then the compiles (a minute each: a budget drops
+    them first). "tiny": toy shapes for tests; "gpu": the named points in bf16 and fp32;
     "gpu-dry-run": that structure on toy maps."""
     gpu, toy = mode.startswith("gpu"), mode in ("tiny", "gpu-dry-run")
-    sizes = {"tiny": SIZES[:2], "gpu": tuple(NAMED)}.get(mode, SIZES)
-    sizes = ((8, 8), (16, 16), (16, 32))[: len(sizes)] if toy else sizes
+    sizes = {"tiny": TOY[:2], "gpu-dry-run": TOY, "gpu": tuple(NAMED)}.get(mode, SIZES)
     dtypes = ("bf16", "fp32") if gpu else ("fp32", "bf16")[: 1 + cuda]  # fp32 compiles
     batch, dim = (1, 16) if toy else (2, 256)
-    timed = (*BACKENDS, "triton+deterministic")[: 2 + cuda + (gpu and cuda)]
+    timed = ("reference", "torch") + ("triton",) * cuda + ("triton+deterministic",) * (gpu and cuda)
     names = dict(zip(sizes, NAMED.values(), strict=False)) if gpu else NAMED
     cases = [
         make_case(kind, hw, names.get(hw, "size"), batch=batch, dim=dim, dtype=dtype)

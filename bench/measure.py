@@ -138,16 +138,18 @@ class Run:
             self.rec.add(case, backend, "skipped", note="not timed: differs from the reference")
             return
         del got
-        how = "do_bench" if self.cuda else "torch.utils.benchmark"
-        median = {}
+        median, how = {}, "do_bench" if self.cuda else "torch.utils.benchmark"
         for phase, fn in (("fwd", wl.fwd), ("fwdbwd", wl.fwdbwd)):
             p50, p20, p80 = latency_ms(fn, self.cuda, self.min_run_time)
             median[phase] = p50
             self.rec.add(case, backend, f"{phase}_ms", p50, f"p20 {p20:.4g}, p80 {p80:.4g}; {how}")
         self.budget.observe((case.kind, backend), work, median["fwdbwd"] / 1e3)
         if self.cuda:
+            for t in wl.leaves():  # the last call's gradients would count as the baseline
+                t.grad = None
             torch.cuda.reset_peak_memory_stats()
-            before, _ = torch.cuda.memory_allocated(), wl.fwdbwd()
+            before = torch.cuda.memory_allocated()
+            wl.fwdbwd()
             peak = torch.cuda.max_memory_allocated() - before
             self.rec.add(case, backend, "peak_fwdbwd_bytes", peak, "above the inputs")
             for phase, floor in zip(median, io_floor_bytes(case), strict=True):
