@@ -19,7 +19,6 @@ from .cases import KINDS, NAMED, PYTORCH
 CASE = ["kind", "config", "map", "batch", "dim", "groups", "samples", "dtype"]
 ORDER = ("reference", "reference+compile", "torch", "triton", "triton+deterministic")
 PHASES = {"fwd": "forward", "fwdbwd": "forward + backward"}
-SWEEP = ("size", *NAMED.values())
 DASH = {"bf16": "--", "fp16": ":"}
 
 
@@ -84,8 +83,10 @@ def notes(frame: pd.DataFrame) -> list[str]:
     parity = (frame.metric == "check_err") & (frame.config == "parity")
     facts = frame[parity | frame.metric.isin(["compile_s", "copy_gbps", "info", "wall_s"])]
     facts = facts.assign(value=pd.to_numeric(facts.value).map(_fmt))
-    columns = ["metric", "backend", "kind", "value", "note"]
-    lines = facts[columns].fillna("").to_string(index=False, header=False).splitlines()
+    facts = facts[["metric", "backend", "kind", "value", "note"]].fillna("")
+    lines = [
+        " ".join(v for v in row if v not in ("", "-")) for row in facts.itertuples(index=False)
+    ]
     checks = frame[(frame.metric == "check_err") & ~parity]
     ok = checks.note.str.startswith("ok").sum()
     lines.append(f"check_err: {ok} of {len(checks)} backends matched the reference before timing")
@@ -139,7 +140,7 @@ def _speedup_bars(df: pd.DataFrame):
 def figures(frame: pd.DataFrame) -> dict[str, plt.Figure]:
     """name -> figure, drawn from the CSV rows of the size sweep and named points."""
     df = _cases(frame)
-    sweep = df[df.config.isin(SWEEP)]
+    sweep = df[df.config.isin(("size", *NAMED.values()))]  # the size sweep
     times = {f"{p}_ms": t for p, t in PHASES.items()}
     memory = {"saved_bytes": "saved for backward", "peak_fwdbwd_bytes": "peak, fwd+bwd"}
     figs = {
