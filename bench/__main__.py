@@ -27,7 +27,7 @@ MODES = {
     "quick": (150, 2.5, 0.3, "a few minutes on 2 CPU cores (default)"),
     "full": (3600, 30, 1.0, "the whole sweep; compiles at every size"),
     "tiny": (300, 4, 0.05, "toy shapes, seconds; for tests"),
-    "gpu": (150, 60, 0.3, "the GPU profile of make gpu-check"),
+    "gpu": (170, 60, 0.3, "the GPU profile of make gpu-check"),
 }
 
 

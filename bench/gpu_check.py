@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .records import results_dir
 
-#: Seconds per step: with make's editable install, the whole check ends within 9 minutes.
+#: Seconds per step: with make's editable install, the whole check ends within 10 minutes.
 LIMITS = {"versions.txt": 60, "nvidia-smi.txt": 30, "pytest_cuda.log": 210, "bench.log": 240}
 
 
