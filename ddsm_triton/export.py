@@ -170,6 +170,7 @@ def export_onnx(
         input_names=list(input_names) if input_names else None,
         output_names=list(output_names) if output_names else None,
         dynamo=True,
+        verbose=False,
     )
     onnx_program.save(os.fspath(path))
     return onnx_program
