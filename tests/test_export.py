@@ -196,6 +196,19 @@ def test_torch_export_of_ddsm_has_dynamic_sizes_and_matches_eager(ddsm, ddsm_pro
         assert_matches_eager(ddsm, ddsm_program.module(), (torch.randn(low), torch.randn(high)))
 
 
+def test_inference_traces_as_one_graph(ddsm, segmenter):
+    """No graph breaks: Dynamo captures DDSM and the segmenter (backbone and head) whole,
+    on the inference path that exports take."""
+    cases = (
+        (ddsm, [torch.randn(s) for s in DDSM_EXPORT]),
+        (segmenter, [torch.randn(IMAGE_EXPORT)]),
+    )
+    for model, inputs in cases:
+        with torch.no_grad():
+            explanation = torch._dynamo.explain(model)(*inputs)
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
 def test_dynamic_shapes_cover_lists_of_maps_with_one_batch_dim():
     """A head's input, a list of maps: each its own height and width, one batch."""
     maps = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
