@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PINS)
-	$(PY) -m pip install --quiet -e '.[dev,bench]' $(PINS)
+	$(PY) -m pip install --quiet -e '.[dev,deploy]' $(PINS)
 	touch $(STAMP)
 
 # The Triton kernels run on CPU tensors through the interpreter here. The second run

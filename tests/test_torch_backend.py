@@ -139,3 +139,34 @@ def test_output_is_contiguous_like_the_reference():
     q, k, v, off = make_inputs(2, 3, 4, 3, 2, 5, 9)
     out = dynamic_sample_attention(q, k, v, off, backend="torch")
     assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("kind", OFFSETS)
+@pytest.mark.parametrize(("shape", "dilation"), CASES)
+def test_inference_path_matches_reference(shape, dilation, kind):
+    """Without a gradient (what exported graphs run) the maps are not padded and
+    grid_sample uses align_corners=False: still the reference's numbers, in float64 to
+    1e-10, at integer positions and for out-of-bounds and non-finite offsets too."""
+    q, k, v, _ = make_inputs(**shape)
+    inputs = (q, k, v, _offsets(kind, shape))
+    with torch.no_grad():
+        got = dynamic_sample_attention(*inputs, dilation=dilation, backend="torch")
+        expected = dynamic_sample_attention(*inputs, dilation=dilation, backend="reference")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_padding_is_skipped_exactly_when_no_gradient_is_needed(monkeypatch):
+    """The padded path runs under autograd (exact offset gradients), the plain one
+    under no_grad and for inputs that require no grad."""
+    import ddsm_triton.torch_backend as backend
+
+    calls = []
+    monkeypatch.setattr(backend, "padded_size", lambda size: calls.append(size) or 2 * size + 1)
+    q, k, v, off = make_inputs(1, 3, 4, 1, 2, 2, 9)
+    dynamic_sample_attention(q, k, v, off, backend="torch")
+    with torch.no_grad():
+        dynamic_sample_attention(q, k, v, off.requires_grad_(), backend="torch")
+    assert calls == []
+    dynamic_sample_attention(q, k, v, off, backend="torch")
+    assert calls == [3, 4]
