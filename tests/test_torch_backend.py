@@ -19,7 +19,7 @@ from ddsm_triton.torch_backend import padded_size
 
 
 def _offsets(kind: str, shape: dict) -> torch.Tensor:
-    """Offsets of one kind for a CASES shape."""
+    """Offsets of one kind for an OP_CASES shape."""
     size = (shape["B"], shape["H"], shape["W"], shape["G"], shape["N"], 2)
     if kind == "zero":
         return torch.zeros(size, dtype=F64)
@@ -142,7 +142,7 @@ def test_output_is_contiguous_like_the_reference():
 
 
 @pytest.mark.parametrize("kind", OFFSETS)
-@pytest.mark.parametrize(("shape", "dilation"), CASES)
+@pytest.mark.parametrize(("shape", "dilation"), OP_CASES)
 def test_inference_path_matches_reference(shape, dilation, kind):
     """Without a gradient (what exported graphs run) the maps are not padded and
     grid_sample uses align_corners=False: still the reference's numbers, in float64 to
