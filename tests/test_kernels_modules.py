@@ -1,4 +1,4 @@
-"""DDSM on the Triton kernels equals DDSM on the reference (SPEC.md section 2).
+"""DDSM on the Triton kernels equals DDSM on the reference (docs/semantics.md, section 2).
 
 Both branches run the one fused op: the spatial branch with G heads and
 Dk = Dv = dim/G, the channel branch on the s x s channel grid with Dk = a*a and
@@ -12,6 +12,8 @@ import torch
 from _helpers import randomise_offsets
 
 from ddsm_triton import DDSM
+
+pytestmark = pytest.mark.interpreter
 
 F64 = torch.float64
 
