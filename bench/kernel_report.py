@@ -70,7 +70,7 @@ def _jobs(arch: int) -> list[tuple[int, int, int, str, int]]:
         for v, variant in enumerate(KERNEL_VARIANTS)
         for w in range(len(variant.widths))
         for dtype in DTYPES
-        for c in range(len(variant.configs(getattr(torch, dtype))))
+        for c in range(len(variant.configs(getattr(torch, dtype), variant.widths[w])))
     ]
 
 
@@ -85,7 +85,8 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
 
     v, c, w, dtype_name, arch = job
     variant, dtype = KERNEL_VARIANTS[v], getattr(torch, dtype_name)
-    config, widths = variant.configs(dtype)[c], variant.widths[w]
+    widths = variant.widths[w]
+    config = variant.configs(dtype, widths)[c]
     fn = variant.jit_function
     constexprs = variant.constexprs(config, widths, dtype)
     pointers = variant.pointer_dtypes(dtype)

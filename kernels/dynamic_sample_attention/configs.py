@@ -62,15 +62,22 @@ CONFIGS: dict[str, list[triton.Config]] = {
     "dsa_wide": [_C({"TILE": 1024, "BLOCK_DV": 256}, num_warps=4)],
     "segment_sum": [_C({"TILE": 1024}, num_warps=4)],
 }
+# Register caps (``maxnreg``) of the backward, by accumulation itemsize, for rows of at
+# least 256 channels (4-byte) or any width (8-byte). Left alone, ptxas held the bfloat16
+# backward at 128 registers and spilled 32 bytes (sm_90, D = 256), and a float64 one
+# 8 bytes (sm_80, triton 3.6). A cap is a budget ptxas spends whole, so narrower rows
+# keep none: they need fewer registers and hold more warps without one.
+REGISTER_CAPS = {"dsa_bwd": {4: (256, 168), 8: (0, 255)}}
 
 
 def _with_float64(configs: list[triton.Config]) -> list[triton.Config]:
     """Each configuration, one stage, and its float64 twin: half the tile, same warps."""
-    halves = [{**c.kwargs, "TILE": c.kwargs["TILE"] // 2} for c in configs]
-    tiles = [c.kwargs for c in configs] + halves
-    return [
-        _C(t, num_warps=c.num_warps, num_stages=1) for t, c in zip(tiles, configs * 2, strict=True)
+    twins = [
+        _C({**c.kwargs, "TILE": c.kwargs["TILE"] // 2}, num_warps=c.num_warps) for c in configs
     ]
+    for c in [*configs, *twins]:
+        c.num_stages = 1
+    return [*configs, *twins]
 
 
 CONFIGS = {name: _with_float64(configs) for name, configs in CONFIGS.items()}
@@ -162,11 +169,23 @@ def fits(name: str, config: triton.Config, dtype: torch.dtype) -> bool:
     return per_thread == wanted and per_thread * dtype.itemsize >= MIN_LOAD_BYTES
 
 
-def configs_for(name: str, dtype: torch.dtype, cells: int | None = None) -> list[triton.Config]:
-    """The configurations kernel ``name`` may launch with on a GPU for ``dtype``; for a
-    grid of ``cells`` below SMALL_GRID_CELLS, the first of them only."""
+def configs_for(
+    name: str, dtype: torch.dtype, cells: int | None = None, width: int = 0
+) -> list[triton.Config]:
+    """The configurations kernel ``name`` may launch with on a GPU for ``dtype`` and rows
+    of ``width`` channels (the wider of Dk and Dv), with their register cap; for a grid
+    of ``cells`` below SMALL_GRID_CELLS, the first of them only."""
     found = [c for c in CONFIGS[name] if fits(name, c, dtype)]
-    return found[:1] if cells is not None and cells < SMALL_GRID_CELLS else found
+    found = found[:1] if cells is not None and cells < SMALL_GRID_CELLS else found
+    least, cap = REGISTER_CAPS.get(name, {}).get(compute_dtype(dtype).itemsize, (0, None))
+    if cap is None or channel_block(width) < least:
+        return found
+    return [_C(c.kwargs, num_warps=c.num_warps, num_stages=1, maxnreg=cap) for c in found]
+
+
+def row_width(DK: int = 0, DV: int = 0, D: int = 0) -> int:
+    """Channels of the widest row a program holds (wide values are split)."""
+    return max(DK, 0 if wide(DV) else DV, D)
 
 
 def tuning_bucket(P: int, *widths: int) -> int:
@@ -206,7 +225,8 @@ def tuned(name: str, dtype_arg: str, key: list[str], reset_to_zero=None) -> Call
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}  # launches pass keywords
-        return configs_for(name, args[dtype_arg].dtype, args.get("P", args.get("R")))
+        width = row_width(args.get("DK", 0), args.get("DV", 0), args.get("D", 0))
+        return configs_for(name, args[dtype_arg].dtype, args.get("P", args.get("R")), width)
 
     def zero_accumulators(args, reset_only=False):
         for arg in reset_to_zero or ():  # an accumulator a launch leaves out is None

@@ -15,7 +15,7 @@ from triton.runtime.autotuner import Autotuner, Heuristics
 from ddsm_triton._numerics import compute_dtype
 
 from .backward import attention_bwd_kernel
-from .configs import block_sizes, configs_for, tuning_bucket, wide
+from .configs import block_sizes, configs_for, row_width, tuning_bucket, wide
 from .deterministic import segment_sum_kernel
 from .forward import attention_fwd_kernel, logits_fwd_kernel
 from .wide import wide_values_kernel
@@ -48,9 +48,11 @@ class KernelVariant:
             fn = fn.fn
         return fn
 
-    def configs(self, dtype: torch.dtype) -> list[triton.Config]:
-        """Every configuration this launch site can run with for inputs of ``dtype``."""
-        return configs_for(self.config_key, dtype)
+    def configs(self, dtype: torch.dtype, widths: dict | None = None) -> list[triton.Config]:
+        """Every configuration this launch site can run with for inputs of ``dtype`` (at
+        ``widths``: with the register cap of rows that wide)."""
+        width = row_width(**{k: v for k, v in (widths or {}).items() if k in ("DK", "DV", "D")})
+        return configs_for(self.config_key, dtype, None, width)
 
     def pointer_dtypes(self, dtype: torch.dtype) -> dict[str, torch.dtype]:
         pick = {IO: dtype, ACC: compute_dtype(dtype)}
@@ -161,7 +163,7 @@ def launch_plan(P: int, DK: int, DV: int, dtype: torch.dtype, deterministic: boo
 
     def launch(name: str, *widths: int, flags: tuple = ()) -> Launch:
         variant = by_name[name]
-        configs = configs_for(variant.config_key, dtype, P)
+        configs = configs_for(variant.config_key, dtype, P, row_width(*widths[:2]))
         return Launch(name, (tuning_bucket(P, *widths), 3, *flags, str(dtype)), tuple(configs))
 
     if not wide(DV):
