@@ -3,22 +3,16 @@ without one; and the compiles a first call triggers.
 
     python -m ddsm_triton.bench.kernel_report [--arch 90] [--json] [--first-call]
 
-For each launch site in ``ddsm_triton.kernels.KERNEL_VARIANTS``, each configuration it
-may launch with, each report width and input dtype, the kernel is compiled to a cubin
-for ``sm_<arch>``, and the ``cuobjdump`` shipped with Triton reads back its resources
-and SASS: registers, spills (stack / local bytes), shared memory, resident warps per SM
-(the tighter of the register file and shared memory), ``BAR.SYNC`` count (cross-warp
-exchanges), global load widths, and reduction / atomic / shuffle instruction counts.
-SASS counts are static: an unrolled loop counts every copy, a runtime loop body once.
+Each launch site of ``KERNEL_VARIANTS``, in each configuration, report width and
+dtype, is compiled for ``sm_<arch>`` (16-byte aligned pointers, channel counts divisible
+by 16, as launches specialise) and Triton's ``cuobjdump`` reads back: registers, spills,
+shared memory, resident warps per SM (register file and shared memory), ``BAR.SYNC``
+count, global load widths, RED/ATOM and SHFL counts. SASS counts are static: a loop
+body counts once. Under the interpreter :func:`kernel_report` re-runs in a subprocess.
 
-Compiling assumes what a launch specialises on: 16-byte aligned pointers and channel
-counts divisible by 16. It does not work under the Triton interpreter, so there
-:func:`kernel_report` re-runs this module in a subprocess without it.
-
-``--first-call`` needs no compiling: :func:`first_call` reads the launch plan of one
-forward and backward of the default layer (``first_call_launches`` in the kernels) and
-counts, per distinct autotuner key, the configurations its pruner keeps for the dtype:
-on a GPU each is compiled once when its key is first seen, then the results are cached.
+``--first-call`` compiles nothing: per distinct autotuner key in the launch plan of one
+forward and backward of the default layer (``first_call_launches``), the configs its
+pruner keeps; on a GPU each is compiled once, then cached.
 """
 
 from __future__ import annotations

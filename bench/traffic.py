@@ -23,9 +23,8 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ddsm_triton._backend import interpreting
@@ -36,25 +35,8 @@ from .kernel_report import format_table as table
 __all__ = ["SWEEP", "Shape", "bench_hook", "count_traffic", "measure_shape", "traffic_report"]
 
 
-@dataclass(frozen=True)
-class Shape:
-    """One op shape: a (B, H, W) grid of cells, G heads, N = k*k samples."""
-
-    name: str
-    B: int
-    H: int
-    W: int
-    G: int
-    DK: int
-    DV: int
-    k: int
-    dilation: int = 1
-
-    @property
-    def cells(self) -> int:
-        return self.B * self.H * self.W * self.G
-
-
+# One op shape: a (B, H, W) grid of cells, G heads, widths, N = k*k samples.
+Shape = namedtuple("Shape", "name B H W G DK DV k dilation", defaults=(1,))
 # Small maps (the interpreter is slow); offsets N(0, 1), so border samples fall
 # partly outside. The last is the channel branch: Dk = 8*8 descriptors, Dv = h'*w'.
 SWEEP = (
@@ -147,14 +129,14 @@ def measure_shape(
     dtype = getattr(torch, dtype_name)
     families = {v.config_key: v.configs(dtype) for v in KERNEL_VARIANTS}
     gen = torch.Generator().manual_seed(0)
-    s = shape
+    s, cells = shape, shape.B * shape.H * shape.W * shape.G
     sizes = [(s.B, s.H, s.W, s.G, *d) for d in ((s.DK,), (s.DK,), (s.DV,), (s.k**2, 2))]
     inputs = [torch.randn(size, generator=gen).to(dtype).requires_grad_() for size in sizes]
     grad_out = torch.randn(s.B, s.H, s.W, s.G, s.DV, generator=gen).to(dtype)
     corners = in_bounds_corners(inputs[3].detach(), s.dilation)
     acc = compute_dtype(dtype).itemsize
     floor_4n = floors(s, dtype.itemsize, acc, 4 * s.k**2)
-    exact = floors(s, dtype.itemsize, acc, corners / s.cells)
+    exact = floors(s, dtype.itemsize, acc, corners / cells)
     rows, saved = [], dict(INTERPRETER_CONFIGS)
     count = max(len(c) for c in families.values())
     for i in range(count if max_rows is None else min(count, max_rows)):
@@ -168,16 +150,16 @@ def measure_shape(
         finally:
             INTERPRETER_CONFIGS.update(saved)
         atomics = bwd["atomic elements"]
-        fwd_bytes = (fwd["load"] + fwd["store"]) / s.cells
+        fwd_bytes = (fwd["load"] + fwd["store"]) / cells
         labels_ = "; ".join(f"{k} {config_label(c)}" for k, c in assignment.items())
         row = {"shape": s.name, "dtype": dtype_name, "config": labels_}
-        row |= {"forward_bytes_per_cell": fwd_bytes, "backward_atomics_per_cell": atomics / s.cells}
-        row["backward_load_bytes_per_cell"] = bwd["load"] / s.cells
+        row |= {"forward_bytes_per_cell": fwd_bytes, "backward_atomics_per_cell": atomics / cells}
+        row["backward_load_bytes_per_cell"] = bwd["load"] / cells
         for name, floor in (("floor", floor_4n), ("exact", exact)):
             row[f"forward_x_{name}"] = fwd_bytes / floor["forward"]
-            row[f"backward_loads_x_{name}"] = bwd["load"] / s.cells / floor["backward_loads"]
-        row["backward_atomics_exact"] = atomics == round(exact["backward_atomics"] * s.cells)
-        rows.append(row | {"in_bounds_corner_fraction": corners / (s.cells * 4 * s.k**2)})
+            row[f"backward_loads_x_{name}"] = bwd["load"] / cells / floor["backward_loads"]
+        row["backward_atomics_exact"] = atomics == round(exact["backward_atomics"] * cells)
+        rows.append(row | {"in_bounds_corner_fraction": corners / (cells * 4 * s.k**2)})
     return rows
 
 
