@@ -10,13 +10,15 @@ Conventions (docs/semantics.md, section 1):
 * Positions are in grid cells with pixel-centre convention; floor corners; zero padding.
 
 Tiles. A program owns ``BLOCK_P`` cells; a row tile holds their channels as
-``[BLOCK_D // CHUNK, BLOCK_P, CHUNK // VEC, VEC]``: ``VEC`` channels are one lane's
-16-byte access and ``CHUNK`` (at most 32 ``VEC``) what one warp covers. Triton lays a
-tile out fastest dimension first, so lanes take the channels of a chunk, then the
-cells take warps, and the chunks of a wider row repeat in each lane's registers
-instead of spreading over warps: a row lies within one warp, and reducing it is a
-warp shuffle, never a trip through shared memory and a barrier. Loads, stores and
-atomics of a row tile share this layout, so none needs a relayout.
+``[chunks, BLOCK_P, lanes, VEC]``: ``VEC`` channels are one lane's 16-byte access and a
+chunk of ``lanes * VEC`` (at most 32 lanes) what one warp covers. Triton lays a tile
+out contiguous dimension first, then the others in an order it breaks ties on by
+index (ascending up to triton 3.8, descending from 3.9; ``LANES_FIRST`` swaps the
+chunk and lane axes to match): lanes take the channels of a chunk, the cells take the
+warps, and the chunks of a wider row repeat in each lane's registers instead of
+spreading over warps. A row lies within one warp, reducing it is a warp shuffle, never
+a trip through shared memory and a barrier, and loads, stores and atomics of a row
+tile share one layout.
 
 Per-cell numbers are ``[BLOCK_P]``. The four floor corners of a sample travel as
 4-tuples in the order (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1): ``rows``
@@ -25,6 +27,8 @@ Per-cell numbers are ``[BLOCK_P]``. The four floor corners of a sample travel as
 
 import triton
 import triton.language as tl
+
+LANES_FIRST = tl.constexpr(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 9))
 
 
 @triton.jit
@@ -43,11 +47,21 @@ def cell_tile(P, H, W, G, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def channels(start, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr):
-    """Channel ids ``[BLOCK_D // CHUNK, 1, CHUNK // VEC, VEC]`` of a row tile, from
-    ``start``."""
-    chunk = tl.arange(0, BLOCK_D // CHUNK)[:, None, None, None] * CHUNK
-    lane = tl.arange(0, CHUNK // VEC)[None, None, :, None] * VEC
-    return start + chunk + lane + tl.arange(0, VEC)[None, None, None, :]
+    """Channel ids of a row tile from ``start``: ``[BLOCK_D // CHUNK, 1, CHUNK // VEC,
+    VEC]`` (chunk and lane axes swapped with ``LANES_FIRST``)."""
+    chunk = tl.arange(0, BLOCK_D // CHUNK) * CHUNK
+    lane = tl.arange(0, CHUNK // VEC) * VEC
+    if LANES_FIRST:
+        ids = lane[:, None, None, None] + chunk[None, None, :, None]
+    else:
+        ids = chunk[:, None, None, None] + lane[None, None, :, None]
+    return start + ids + tl.arange(0, VEC)[None, None, None, :]
+
+
+@triton.jit
+def zero_rows(cells, d, ACC: tl.constexpr):
+    """A zero row tile of ``cells`` (``[BLOCK_P]``) and channel ids ``d``."""
+    return tl.zeros_like(per_cell(cells) + d).to(ACC)
 
 
 @triton.jit
@@ -184,8 +198,8 @@ def corner_dots(src, c):
 @triton.jit
 def stash(saved, slot, index, value):
     """``saved`` with per-cell ``value`` put in slot ``index``. ``saved`` is a
-    ``[1, BLOCK_P, SLOTS // VEC, VEC]`` tile in the row tiles' layout, ``slot`` its slot
-    ids (``channels(0, SLOTS, SLOTS, VEC)``): the
+    row tile of ``SLOTS`` channels (``zero_rows``), ``slot`` its slot ids
+    (``channels(0, SLOTS, SLOTS, VEC)``): the
     per-sample numbers of a runtime loop stay in registers, spread over the lanes that
     share a row instead of repeated in each."""
     return tl.where(slot == index, per_cell(value), saved)

@@ -45,6 +45,7 @@ from ..bilinear import (
     store_rows,
     unstash,
     weight_grads,
+    zero_rows,
 )
 from .configs import tuned
 
@@ -103,14 +104,12 @@ def attention_bwd_kernel(
     if not VALUE_SUMS:
         dout = load_rows(dout_ptr, cells, cell_mask, dv, DV, ACC)
 
-    key_sum = tl.zeros([BLOCK_DK // CHUNK_K, BLOCK_P, CHUNK_K // VEC, VEC], ACC)  # sum_n A_n K_n
-    key_dsum = tl.zeros(
-        [BLOCK_DK // CHUNK_K, BLOCK_P, CHUNK_K // VEC, VEC], ACC
-    )  # sum_n A_n dA_n K_n
+    key_sum = zero_rows(cells, dk, ACC)  # sum_n A_n K_n
+    key_dsum = zero_rows(cells, dk, ACC)  # sum_n A_n dA_n K_n
     delta = tl.zeros([BLOCK_P], ACC)  # sum_n A_n dA_n = <dO, out>
     # Per sample, what the second pass needs: slot 6 n + k.
     slot = channels(0, SLOTS, SLOTS, VEC)
-    saved = tl.zeros([1, BLOCK_P, SLOTS // VEC, VEC], ACC)
+    saved = zero_rows(cells, slot, ACC)
     for n in range(N):
         rows, masks, w, fy, fx = sample_corners(
             offsets_ptr, cells, cell_mask, i, j, base, H, W, G, dilation, n, KSIZE, ACC

@@ -62,12 +62,19 @@ CONFIGS: dict[str, list[triton.Config]] = {
     "dsa_wide": [_C({"TILE": 1024, "BLOCK_DV": 256}, num_warps=4)],
     "segment_sum": [_C({"TILE": 1024}, num_warps=4)],
 }
-# Register caps (``maxnreg``) of the backward, by accumulation itemsize, for rows of at
-# least 256 channels (4-byte) or any width (8-byte). Left alone, ptxas held the bfloat16
-# backward at 128 registers and spilled 32 bytes (sm_90, D = 256), and a float64 one
-# 8 bytes (sm_80, triton 3.6). A cap is a budget ptxas spends whole, so narrower rows
-# keep none: they need fewer registers and hold more warps without one.
-REGISTER_CAPS = {"dsa_bwd": {4: (256, 168), 8: (0, 255)}}
+
+
+def register_cap(name: str, dtype: torch.dtype, width: int) -> int | None:
+    """``maxnreg`` of kernel ``name`` for rows of ``width`` channels. Left alone, ptxas
+    held some backward builds at 128 registers and spilled (bfloat16 at D = 256 on
+    sm_90: 32 bytes; float32 at D = 16 under triton 3.6: 8; float64 on sm_80 under
+    triton 3.6: 8). A cap is a budget ptxas spends whole, so rows of 64 channels, which
+    compile spill-free with 80 to 128 registers, keep none."""
+    if name != "dsa_bwd":
+        return None
+    if compute_dtype(dtype).itemsize == 8:
+        return 255
+    return None if channel_block(width) == 64 else 168
 
 
 def _with_float64(configs: list[triton.Config]) -> list[triton.Config]:
@@ -177,8 +184,8 @@ def configs_for(
     of ``cells`` below SMALL_GRID_CELLS, the first of them only."""
     found = [c for c in CONFIGS[name] if fits(name, c, dtype)]
     found = found[:1] if cells is not None and cells < SMALL_GRID_CELLS else found
-    least, cap = REGISTER_CAPS.get(name, {}).get(compute_dtype(dtype).itemsize, (0, None))
-    if cap is None or channel_block(width) < least:
+    cap = register_cap(name, dtype, width)
+    if cap is None:
         return found
     return [_C(c.kwargs, num_warps=c.num_warps, num_stages=1, maxnreg=cap) for c in found]
 

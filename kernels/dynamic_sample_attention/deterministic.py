@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..bilinear import channels, load_rows, per_cell, store_rows
+from ..bilinear import channels, load_rows, per_cell, store_rows, zero_rows
 from .configs import tuned, tuning_bucket
 
 
@@ -43,7 +43,7 @@ def segment_sum_kernel(
     d = channels(tl.program_id(1) * BLOCK_D, BLOCK_D, CHUNK, VEC)
     start = tl.load(starts_ptr + rows, mask=row_mask, other=0)
     count = tl.load(starts_ptr + rows + 1, mask=row_mask, other=0) - start
-    acc = tl.zeros([BLOCK_D // CHUNK, BLOCK_R, CHUNK // VEC, VEC], ACC)
+    acc = zero_rows(rows, d, ACC)
     for t in range(0, tl.max(count, axis=0)):
         live = t < count
         e = tl.load(order_ptr + start + t, mask=live, other=0)

@@ -30,6 +30,7 @@ from ..bilinear import (
     row_sum,
     sample_corners,
     store_rows,
+    zero_rows,
 )
 from .configs import tuned
 
@@ -77,7 +78,7 @@ def attention_fwd_kernel(
     scale = tl.load(scale_ptr)
     top = tl.full([BLOCK_P], float("-inf"), ACC)  # running max of the logits
     total = tl.zeros([BLOCK_P], ACC)  # running sum of exp(l_n - top)
-    acc = tl.zeros([BLOCK_DV // CHUNK_V, BLOCK_P, CHUNK_V // VEC, VEC], ACC)
+    acc = zero_rows(cells, dv, ACC)
     for n in range(KSIZE * KSIZE):
         rows, masks, w, _fy, _fx = sample_corners(
             offsets_ptr, cells, cell_mask, i, j, base, H, W, G, dilation, n, KSIZE, ACC

@@ -27,6 +27,7 @@ from ..bilinear import (
     scatter_corners,
     store_rows,
     weight_grads,
+    zero_rows,
 )
 from .configs import tuned
 
@@ -67,7 +68,7 @@ def wide_values_kernel(
     if BACKWARD:
         dout = load_rows(dout_ptr, cells, cell_mask, dv, DV, ACC)
         dots = value_dots_ptr + ((tl.program_id(1) * P + cells) * N) * 3
-    acc = tl.zeros([BLOCK_DV // CHUNK_V, BLOCK_P, CHUNK_V // VEC, VEC], ACC)
+    acc = zero_rows(cells, dv, ACC)
     for n in range(N):
         rows, masks, w, fy, fx = sample_corners(
             offsets_ptr, cells, cell_mask, i, j, base, H, W, G, dilation, n, KSIZE, ACC
