@@ -1,25 +1,23 @@
 """Static report of every Triton kernel the library can launch, compiled for a real GPU
-without one.
+without one; and the compiles a first call triggers.
 
-For each launch site in ``ddsm_triton.kernels.KERNEL_VARIANTS``, each of its
-configurations, each of its report widths (the block shape follows from the widths)
-and each input dtype, the kernel is compiled to a cubin for
-``sm_<arch>`` and the ``cuobjdump`` shipped with Triton reads back its resource usage
-and SASS: registers, stack / local bytes (spills), shared memory, and the widest
-global load (``LDG``) in bits.
+    python -m ddsm_triton.bench.kernel_report [--arch 90] [--json] [--first-call]
 
-    python -m ddsm_triton.bench.kernel_report --arch 90 [--json]
+Each launch site of ``KERNEL_VARIANTS``, in each configuration, report width and
+dtype, is compiled for ``sm_<arch>`` (16-byte aligned pointers, channel counts divisible
+by 16, as launches specialise) and Triton's ``cuobjdump`` reads back: registers, spills,
+shared memory, resident warps per SM (register file and shared memory), ``BAR.SYNC``
+count, global load widths, RED/ATOM and SHFL counts. SASS counts are static: a loop
+body counts once. Under the interpreter :func:`kernel_report` re-runs in a subprocess.
 
-Compilation assumes what a typical launch specialises on: 16-byte aligned pointers
-and channel counts (``DK``, ``DV``, ``D``) divisible by 16. Compiling does not work
-inside the Triton interpreter, so under ``TRITON_INTERPRET=1`` :func:`kernel_report`
-re-runs this module in a subprocess with the variable unset.
+``--first-call`` compiles nothing: per distinct autotuner key in the launch plan of one
+forward and backward of the default layer (``first_call_launches``), the configs its
+pruner keeps; on a GPU each is compiled once, then cached.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -29,35 +27,31 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-__all__ = ["DTYPES", "format_table", "kernel_report"]
+from ddsm_triton._backend import interpreting
+
+__all__ = ["DTYPES", "config_label", "first_call", "format_table", "kernel_report"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-# Integer arguments that hold channel counts; launches specialise them as multiples of 16.
-_CHANNEL_ARGS = frozenset({"DK", "DV", "D"})
-_TRITON_TYPES = {
-    "float32": "fp32",
-    "float16": "fp16",
-    "bfloat16": "bf16",
-    "float64": "fp64",
-    "int32": "i32",
-    "int64": "i64",
+_CHANNEL_ARGS = frozenset({"DK", "DV", "D"})  # specialised as multiples of 16
+_TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+_TRITON_TYPES |= {"int32": "i32", "int64": "i64"}
+# Per SM: 32-bit registers, warps, blocks, shared memory bytes (with the 1 KiB per
+# block the driver reserves), by compute capability.
+_SM = {80: (65536, 64, 32, 164 * 1024), 90: (65536, 64, 32, 228 * 1024)}
+_COLUMNS = {  # report key: table header
+    **dict(kernel="kernel", config="config", widths="widths", dtype="dtype"),
+    **dict(registers="regs", spill_bytes="spill", shared_bytes="smem", warps_per_sm="warps/SM"),
+    **dict(bar_sync="BAR.SYNC", loads="LDG bits:count", reductions="RED+ATOM", shuffles="SHFL"),
 }
-_FIELDS = ("registers", "stack_bytes", "local_bytes", "shared_bytes", "widest_load_bits")
 
 
-def _cuobjdump() -> str:
-    import triton
-
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+_FIRST_CALL = {"kernel": "launch", "key": "autotuner key", "configs": "configs compiled"}
 
 
-def _config_label(config) -> str:
+def config_label(config) -> str:
     blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
-    return f"{blocks},warps={config.num_warps},stages={config.num_stages}"
-
-
-def _widths_label(widths: dict[str, int]) -> str:
-    return ",".join(f"{k}={v}" for k, v in widths.items())
+    regs = f",maxnreg={config.maxnreg}" if getattr(config, "maxnreg", None) else ""
+    return f"{blocks},warps={config.num_warps}{regs}"
 
 
 def _jobs(arch: int) -> list[tuple[int, int, int, str, int]]:
@@ -70,29 +64,24 @@ def _jobs(arch: int) -> list[tuple[int, int, int, str, int]]:
         for v, variant in enumerate(KERNEL_VARIANTS)
         for w in range(len(variant.widths))
         for dtype in DTYPES
-        for c in range(len(variant.configs(getattr(torch, dtype))))
+        for c in range(len(variant.configs(getattr(torch, dtype), variant.widths[w])))
     ]
 
 
 def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
-    """Compile one (variant, config, widths, dtype, arch) and read its cubin back. The
-    block shape follows from the config and the widths (``variant.constexprs``)."""
+    """Compile one (variant, config, widths, dtype, arch) and read its cubin back."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
 
     from ddsm_triton.kernels import KERNEL_VARIANTS
 
     v, c, w, dtype_name, arch = job
-    variant = KERNEL_VARIANTS[v]
-    dtype = getattr(torch, dtype_name)
-    config = variant.configs(dtype)[c]
+    variant, dtype = KERNEL_VARIANTS[v], getattr(torch, dtype_name)
     widths = variant.widths[w]
-    fn = variant.kernel
-    while not isinstance(fn, JITFunction):  # under the autotuner and the heuristics
-        fn = fn.fn
+    config = variant.configs(dtype, widths)[c]
+    fn = variant.jit_function
     constexprs = variant.constexprs(config, widths, dtype)
     pointers = variant.pointer_dtypes(dtype)
     signature, attrs = {}, {}
@@ -108,110 +97,106 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
                 attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if getattr(config, "maxnreg", None):
+        options["maxnreg"] = config.maxnreg
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    row = {"kernel": variant.name, "config": config_label(config), "dtype": dtype_name}
+    row["widths"] = ",".join(f"{k}={n}" for k, n in widths.items())
+    return {**row, "arch": arch, **sass_stats(compiled.asm["cubin"], arch, config.num_warps)}
 
-    usage, sass = _inspect_cubin(compiled.asm["cubin"])
+
+def sass_stats(cubin: bytes, arch: int, num_warps: int) -> dict:
+    """Resources and instruction counts of one kernel's cubin (see the module doc)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        tool = Path(sys.modules["triton"].__file__).parent / "backends/nvidia/bin/cuobjdump"
+        usage, sass = (
+            subprocess.run([tool, flag, path], check=True, capture_output=True, text=True).stdout
+            for flag in ("--dump-resource-usage", "--dump-sass")
+        )
 
     def field(name: str) -> int:
         match = re.search(rf"\b{name}:(\d+)", usage)
         return int(match.group(1)) if match else 0
 
+    regs, shared = field("REG"), field("SHARED")
+    loads = load_widths(sass)
     return {
-        "kernel": variant.name,
-        "config": _config_label(config),
-        "widths": _widths_label(widths),
-        "dtype": dtype_name,
-        "arch": arch,
-        "registers": field("REG"),
-        "stack_bytes": field("STACK"),
-        "local_bytes": field("LOCAL"),
-        "shared_bytes": field("SHARED"),
-        "widest_load_bits": _widest_load_bits(sass),
+        "registers": regs,
+        "spill_bytes": field("STACK") + field("LOCAL"),
+        "shared_bytes": shared,
+        "warps_per_sm": resident_warps(regs, shared, num_warps, arch),
+        "bar_sync": len(re.findall(r"\bBAR\.SYNC", sass)),
+        "widest_load_bits": max(loads, default=0),
+        "loads": " ".join(f"{bits}:{n}" for bits, n in sorted(loads.items(), reverse=True)),
+        "reductions": len(re.findall(r"\b(?:REDG?|ATOMG?)\.", sass)),
+        "shuffles": len(re.findall(r"\bSHFL\.", sass)),
     }
 
 
-def _inspect_cubin(cubin: bytes) -> tuple[str, str]:
-    """``cuobjdump`` resource usage and SASS of a cubin. Disassembly takes about a
-    second, so results are cached (in Triton's cache directory) by the cubin's hash."""
-    from triton.runtime.cache import get_cache_manager
-
-    cache = get_cache_manager(hashlib.sha256(cubin).hexdigest())
-    cached = cache.get_file("cuobjdump.json")
-    if cached is not None:
-        return tuple(json.loads(Path(cached).read_text()))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        usage, sass = (
-            subprocess.run(
-                [_cuobjdump(), flag, str(path)], check=True, capture_output=True, text=True
-            ).stdout
-            for flag in ("--dump-resource-usage", "--dump-sass")
-        )
-    cache.put(json.dumps([usage, sass]), "cuobjdump.json", binary=False)
-    return usage, sass
+def resident_warps(registers: int, shared: int, num_warps: int, arch: int) -> int:
+    """Warps an SM holds at once: whole blocks, limited by the register file (allocated
+    per warp in units of 256 registers), shared memory, and the block and warp caps."""
+    regfile, max_warps, max_blocks, smem = _SM[arch]
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    blocks = min(max_blocks, regfile // (per_warp * num_warps), max_warps // num_warps)
+    if shared:
+        blocks = min(blocks, smem // (shared + 1024))
+    return blocks * num_warps
 
 
-def _widest_load_bits(sass: str) -> int:
-    """Width of the widest global load: ``LDG.E.128`` is 128 bits, ``LDG.E.64`` 64,
+def load_widths(sass: str) -> dict[int, int]:
+    """Global loads (``LDG``) by width in bits: ``LDG.E.128`` 128, ``LDG.E.64`` 64,
     ``LDG.E.U16`` 16, a plain ``LDG.E`` 32."""
-    widest = 0
+    widths: dict[int, int] = {}
     for opcode in re.findall(r"\bLDG(?:\.[A-Z0-9_]+)*", sass):
-        suffixes = opcode.split(".")[1:]
         bits = 32
-        for suffix in suffixes:
-            if suffix in ("128", "64"):
-                bits = int(suffix)
-            elif suffix in ("U16", "S16"):
-                bits = 16
-            elif suffix in ("U8", "S8"):
-                bits = 8
-        widest = max(widest, bits)
-    return widest
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+        for suffix in opcode.split(".")[1:]:
+            bits = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}.get(suffix, bits)
+        widths[bits] = widths.get(bits, 0) + 1
+    return widths
 
 
 def kernel_report(arch: int, *, workers: int | None = None) -> list[dict]:
-    """Compile every kernel in every configuration and dtype for ``sm_<arch>``.
-
-    Returns one dict per (kernel, config, dtype) with keys ``kernel``, ``config``,
-    ``dtype``, ``arch``, ``registers``, ``stack_bytes``, ``local_bytes``,
-    ``shared_bytes`` and ``widest_load_bits``. Needs no GPU.
-    """
-    if _interpreted():
+    """Compile every kernel in every configuration and dtype for ``sm_<arch>``: one dict
+    per (kernel, config, widths, dtype) with the keys of ``_COLUMNS``, ``arch`` and
+    ``widest_load_bits``. Needs no GPU."""
+    if interpreting():
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        command = [sys.executable, "-m", "ddsm_triton.bench.kernel_report"]
-        command += ["--arch", str(arch), "--json"]
-        done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+        command = [sys.executable, "-m", "ddsm_triton.bench.kernel_report", "--json"]
+        done = subprocess.run(
+            [*command, "--arch", str(arch)], env=env, check=True, capture_output=True, text=True
+        )
         return json.loads(done.stdout)
     jobs = _jobs(arch)
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers or min(len(jobs), os.cpu_count() or 1)) as pool:
         return list(pool.map(_compile_one, jobs))
 
 
-def format_table(rows: list[dict]) -> str:
-    """Readable fixed-width table of :func:`kernel_report` rows."""
-    headers = (
-        "kernel",
-        "config",
-        "widths",
-        "dtype",
-        "regs",
-        "stack",
-        "local",
-        "shared",
-        "ldg bits",
-    )
-    cells = [
-        (r["kernel"], r["config"], r.get("widths", ""), r["dtype"], *(str(r[f]) for f in _FIELDS))
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+def first_call(dtype_name: str) -> list[dict]:
+    """The compiles of the first forward and backward of the default layer on a GPU, in
+    ``dtype_name``: one row per distinct (kernel, autotuner key) the launch plan holds,
+    with the configurations the pruner keeps for it (each is compiled once)."""
+    import torch
+
+    from ddsm_triton.kernels import first_call_launches
+
+    rows, seen = [], set()
+    for launch in first_call_launches(getattr(torch, dtype_name)):
+        if (launch.variant, launch.key) not in seen:
+            seen.add((launch.variant, launch.key))
+            labels = [config_label(c) for c in launch.configs]
+            rows.append({"kernel": launch.variant, "key": str(launch.key), "configs": labels})
+    return rows
+
+
+def format_table(rows: list[dict], columns: dict[str, str] = _COLUMNS) -> str:
+    """Fixed-width table of report rows (the keys of ``columns`` that rows have)."""
+    keys = [k for k in columns if any(k in r for r in rows)]
+    cells = [[str(r.get(k, "")) for k in keys] for r in rows]
+    widths = [max(len(columns[k]), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(columns[k].ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
@@ -219,10 +204,18 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="SM version, e.g. 80 or 90")
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(_SM), help="SM version")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--workers", type=int, default=None, help="parallel compilers")
+    parser.add_argument("--first-call", action="store_true", help="compiles of a first call")
     args = parser.parse_args(argv)
+    if args.first_call:
+        report = {d: first_call(d) for d in ("bfloat16", "float32")}
+        for dtype, rows in ({} if args.json else report).items():
+            total = sum(len(r["configs"]) for r in rows)
+            print(f"{dtype}: {total} compiles\n{format_table(rows, _FIRST_CALL)}\n")
+        print(json.dumps(report, indent=1) if args.json else "", end="")
+        return
     rows = kernel_report(args.arch, workers=args.workers)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
 

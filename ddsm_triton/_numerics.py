@@ -1,4 +1,4 @@
-"""Numerical conventions shared by every backend (docs/semantics.md, section 1).
+"""Numerical conventions shared by every backend (docs/semantics.md §1).
 
 A leaf module: it imports only torch, so the reference, the grid_sample backend, the
 kernels and the input checks can all use it without importing each other.

@@ -49,7 +49,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 18
 #: The smallest height and width a dynamic spatial dimension may take. DDSM's channel
 #: branch pools ``x_high`` by ``value_down`` (2) and takes a different path for a
-#: 1 x 1 result (docs/semantics.md, section 2), so a traced graph holds from 4 x 4 up.
+#: 1 x 1 result (docs/semantics.md §2.3), so a traced graph holds from 4 x 4 up.
 MIN_SIDE = 4
 
 _LAYERS = (SpatialDynamicAffinity, ChannelDynamicAffinity)

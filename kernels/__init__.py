@@ -12,6 +12,8 @@ from .dynamic_sample_attention import (
     KERNEL_VARIANTS,
     KernelVariant,
     dynamic_sample_attention,
+    first_call_launches,
+    launch_plan,
 )
 
 __all__ = [
@@ -20,4 +22,6 @@ __all__ = [
     "KERNEL_VARIANTS",
     "KernelVariant",
     "dynamic_sample_attention",
+    "first_call_launches",
+    "launch_plan",
 ]

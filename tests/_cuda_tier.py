@@ -46,7 +46,7 @@ TOLERANCE = {
 #: A GPU grid counts as "several waves" with at least this many programs per SM.
 PROGRAMS_PER_SM = 4
 #: An upper bound on the cells one program handles (the largest BLOCK_P of any GPU
-#: configuration is 16 today): sizing grids with it keeps them multi-wave if blocks grow.
+#: configuration is 64: D = 16 at 8 warps): sizing grids with it keeps them multi-wave.
 CELLS_PER_PROGRAM = 64
 #: Stands for "as many rows as make the grid several waves deep" (see ``resolve``).
 WAVES = 0

@@ -13,6 +13,8 @@ from utils import randomise_offsets
 
 from ddsm_triton import DDSM
 
+pytestmark = pytest.mark.interpreter
+
 F64 = torch.float64
 
 

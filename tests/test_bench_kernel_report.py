@@ -1,7 +1,7 @@
 """The static kernel report: every kernel, in every configuration and dtype the library
 can launch, compiles for sm_80 and sm_90 without spilling and with wide loads.
 
-Compiling takes about a minute per architecture on two cores the first time (Triton
+Compiling takes several minutes per architecture on two cores the first time (Triton
 caches the binaries afterwards), so each architecture is compiled once, by one test.
 """
 
@@ -11,7 +11,13 @@ import pytest
 import torch
 
 import ddsm_triton.kernels as kernels
-from ddsm_triton.bench.kernel_report import DTYPES, _widest_load_bits, format_table, kernel_report
+from ddsm_triton.bench.kernel_report import (
+    DTYPES,
+    format_table,
+    kernel_report,
+    load_widths,
+    resident_warps,
+)
 
 
 @pytest.mark.parametrize("arch", [pytest.param(80, id="sm80"), pytest.param(90, id="sm90")])
@@ -36,11 +42,16 @@ def test_every_kernel_config_compiles_without_spills(arch):
     for r in rows:
         where = f"{r['kernel']} {r['config']} {r['dtype']} sm_{arch}\n{table}"
         assert r["arch"] == arch
-        assert r["stack_bytes"] == 0 and r["local_bytes"] == 0, f"spills: {where}"
+        assert r["spill_bytes"] == 0, f"spills: {where}"
         assert 0 < r["registers"] <= 255, where
         # Channels-last rows are contiguous: loads must be vectorised, for 16-bit
         # dtypes at least 4 elements (64 bits) per load.
         assert r["widest_load_bits"] >= 64, f"narrow loads: {where}"
+        # Rows lie within one warp: reductions are shuffles, not barriers.
+        if r["dtype"] in ("float32", "bfloat16") and r["kernel"] == "dsa_fwd":
+            assert r["bar_sync"] <= 2, f"barriers: {where}"
+        if r["dtype"] in ("float32", "bfloat16") and r["kernel"] == "dsa_bwd[atomic]":
+            assert r["bar_sync"] <= 8, f"barriers: {where}"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +65,15 @@ def test_every_kernel_config_compiles_without_spills(arch):
     ],
 )
 def test_widest_load_parsing(sass, bits):
-    assert _widest_load_bits(sass) == bits
+    assert max(load_widths(sass), default=0) == bits
+
+
+def test_resident_warps_from_registers_and_shared_memory():
+    assert resident_warps(64, 0, 4, 90) == 32  # 64 regs: 8 blocks of 4 warps
+    assert resident_warps(72, 0, 4, 90) == 28
+    assert resident_warps(255, 0, 4, 90) == 8
+    assert resident_warps(32, 0, 4, 90) == 64  # capped by the 64 warps of an SM
+    assert resident_warps(32, 100 * 1024, 4, 90) == 8  # two blocks fit in shared memory
 
 
 def test_format_table_lists_every_row():
@@ -65,8 +84,7 @@ def test_format_table_lists_every_row():
         "dtype": "float32",
         "arch": 90,
         "registers": 40,
-        "stack_bytes": 0,
-        "local_bytes": 0,
+        "spill_bytes": 0,
         "shared_bytes": 0,
         "widest_load_bits": 128,
     }
