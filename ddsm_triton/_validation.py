@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddsm_triton._numerics import compute_dtype
+from ddsm_triton._numerics import autocast_available, compute_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "reference", "torch", "triton")
@@ -237,7 +237,7 @@ def autocast_enabled(device: torch.device) -> bool:
     """Whether ``torch.autocast`` is on for ``device``'s type (never, for types such
     as meta that autocast does not know)."""
     kind = device.type
-    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+    return autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
 def check_bool(name: str, value: object) -> bool:
