@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed-stamp
 # CI pins these (ruff too: its formatting changes between releases); the package
 # itself supports torch >= 2.7 and triton >= 3.3 (pyproject.toml), which test-compat checks.
 PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
+# The package's extras every venv here installs (test-compat's too).
+EXTRAS := dev
 
 .PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run \
 	test-compat test-compat-oldest test-compat-gpu
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PINS)
-	$(PY) -m pip install --quiet -e '.[dev]' $(PINS)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' $(PINS)
 	touch $(STAMP)
 
 # The Triton kernels run on CPU tensors through the interpreter here. The second run
@@ -89,7 +91,7 @@ VERSIONS      := import numpy, torch, triton; \
 define compat_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade pip
-	$(1)/bin/python -m pip install --quiet -e '.[dev]' $(2) 'numpy<2.4'
+	$(1)/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' $(2) 'numpy<2.4'
 	touch $(1)/.installed-stamp
 endef
 
@@ -103,13 +105,13 @@ test-compat: test-compat-oldest test-compat-gpu
 
 test-compat-oldest: $(OLDEST_VENV)/.installed-stamp
 	$(OLDEST_VENV)/bin/python -c "$(VERSIONS)"
-	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
+	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors $(OLDEST_TESTS)
 
 test-compat-gpu: $(GPU_VENV)/.installed-stamp
 	$(GPU_VENV)/bin/python -c "$(VERSIONS)"
 	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 90
 	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 80
-	TRITON_INTERPRET=1 $(GPU_VENV)/bin/python -m pytest -q -p no:cacheprovider
+	TRITON_INTERPRET=1 $(GPU_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors
 
 clean:
 	rm -rf $(VENV) $(COMPAT) build *.egg-info .pytest_cache .ruff_cache .hypothesis
