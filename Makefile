@@ -11,7 +11,7 @@ PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
 EXTRAS := dev
 
 .PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run \
-	test-compat test-compat-oldest test-compat-gpu
+	test-compat test-compat-oldest test-compat-gpu compat-venvs
 
 setup: $(STAMP)
 
@@ -101,17 +101,20 @@ $(OLDEST_VENV)/.installed-stamp: pyproject.toml Makefile
 $(GPU_VENV)/.installed-stamp: pyproject.toml Makefile
 	$(call compat_venv,$(GPU_VENV),$(GPU_PAIR))
 
+# Both venvs (downloads, mostly): .ci/run builds them while the main suite runs.
+compat-venvs: $(OLDEST_VENV)/.installed-stamp $(GPU_VENV)/.installed-stamp
+
 test-compat: test-compat-oldest test-compat-gpu
 
 test-compat-oldest: $(OLDEST_VENV)/.installed-stamp
 	$(OLDEST_VENV)/bin/python -c "$(VERSIONS)"
-	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors $(OLDEST_TESTS)
+	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors --durations=5 $(OLDEST_TESTS)
 
 test-compat-gpu: $(GPU_VENV)/.installed-stamp
 	$(GPU_VENV)/bin/python -c "$(VERSIONS)"
 	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 90
 	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 80
-	TRITON_INTERPRET=1 $(GPU_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors
+	TRITON_INTERPRET=1 $(GPU_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors --durations=5
 
 clean:
 	rm -rf $(VENV) $(COMPAT) build *.egg-info .pytest_cache .ruff_cache .hypothesis
