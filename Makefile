@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # CI pins these (ruff too: its formatting changes between releases); the package
-# itself supports torch >= 2.7 and triton >= 3.3 (pyproject.toml), which test-compat checks.
+# itself supports torch >= 2.8 and triton >= 3.4 (pyproject.toml), which test-compat checks.
 PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
 # The package's extras every venv here installs (test-compat's too).
 EXTRAS := dev
@@ -74,9 +74,9 @@ test-cuda-dry-run: $(STAMP)
 #           tests, and the interpreted kernels at their tiny shapes (a subset, for time).
 #   gpu:    the GPU machine's pair. The whole suite, and the static kernel report.
 COMPAT        := .venv-compat
-OLDEST_PAIR   := torch==2.7.1 triton==3.3.1
+OLDEST_PAIR   := torch==2.8.0 triton==3.4.0
 GPU_PAIR      := torch==2.11.0 triton==3.6.0
-OLDEST_VENV   := $(COMPAT)/torch2.7-triton3.3
+OLDEST_VENV   := $(COMPAT)/torch2.8-triton3.4
 GPU_VENV      := $(COMPAT)/torch2.11-triton3.6
 # By pattern, so that split or renamed test files stay in; the kernel report is left to
 # the GPU pair (it is per triton version).
