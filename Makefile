@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # itself supports torch >= 2.8 and triton >= 3.4 (pyproject.toml), which test-compat checks.
 PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
 # The package's extras every venv here installs (test-compat's too).
-EXTRAS := dev
+EXTRAS := dev,deploy
 
 .PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run \
 	test-compat test-compat-oldest test-compat-gpu compat-venvs
@@ -40,10 +40,10 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-# Benchmarks: `make bench` runs --quick (a few minutes on 2 CPU cores); `make bench-full`
-# or `make bench BENCH=--full` the whole sweep. No TRITON_INTERPRET here: on a GPU the
-# kernels must really compile; without one the bench turns the interpreter on itself
-# and uses it for parity checks only, never for timings.
+# Benchmarks (the `bench` extra: pandas, matplotlib, tqdm): `make bench` runs --quick (a few
+# minutes on 2 CPU cores) into bench/results/cpu/; `make bench-full` or `make bench
+# BENCH=--full` the whole sweep. Without a GPU the bench switches the Triton interpreter on
+# itself, for parity checks only, never for timings.
 BENCH ?= --quick
 
 bench: $(STAMP)
@@ -52,11 +52,11 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(PY) -m ddsm_triton.bench --full
 
-# On a machine with a CUDA GPU: no venv, no pins, no registry. Installs this checkout
-# editable into $(PYTHON) (which must already hold torch, triton, pytest, matplotlib),
-# runs the CUDA tier and the GPU benchmark profile, writes bench/results/<card>/ and
-# prints the total (time limits stop it within 7.5 minutes). GPU_CHECK_ARGS=--dry-run checks the
-# plumbing on CPU with toy shapes; see `$(PYTHON) -m ddsm_triton.bench.gpu_check --help`.
+# On a machine with a CUDA GPU whose $(PYTHON) already holds torch, triton, pytest, pandas,
+# matplotlib and tqdm: no venv, no pins, no registry. Installs this checkout editable, then
+# runs the CUDA tier and the GPU profile, each under a time limit (the whole check ends
+# within ~10 minutes), into bench/results/<card>/ (see bench/gpu_check.py).
+# GPU_CHECK_ARGS=--dry-run checks the plumbing on CPU with toy shapes.
 GPU_CHECK_ARGS ?=
 
 gpu-check:

@@ -1,311 +1,129 @@
-"""``python -m ddsm_triton.bench``: benchmark the Triton kernels against the reference.
-
-Compares, for the core op at spatial- and channel-branch shapes and for the whole
-DDSM module: the Triton kernels, the eager PyTorch reference and torch.compile of
-the reference. Measures forward and forward+backward latency, bytes saved for
-backward (exact, via saved_tensors_hooks; FakeTensorMode makes every size cheap),
-and on CUDA peak memory and the fraction of the I/O-floor bandwidth achieved.
-
-Writes to ``--out`` (default ``bench/results/<device>/``): results.csv (every
-measurement), summary.md, kernel_report.json and PNG plots. See ``--help``.
-``--gpu`` is the budgeted profile of ``make gpu-check`` (bench/gpu_profile.py).
-"""
+"""``python -m ddsm_triton.bench``: every backend of the DDSM op and module checked against
+the reference, then timed, and the bytes each saves for backward, into ``--out``
+(bench/results/<device>/): results.csv, summary.md, the plots; on CPU the kernel report and
+traffic meter; with ``--gpu`` (make gpu-check) profile.txt and autotune.txt. See
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from . import kernel_stats, plots, summary, traffic
-from .configs import HALF_DTYPES, build_plan
-from .progress import Progress
-from .records import Recorder, read_csv
-from .runner import Runner, Settings
+from . import report
+from .cases import KINDS, build, plan
+from .measure import Budget, Run
+from .records import Recorder, results_dir
 
-RESULTS_ROOT = Path(__file__).resolve().parent / "results"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m ddsm_triton.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--quick",
-        dest="mode",
-        action="store_const",
-        const="quick",
-        help="a few minutes on 2 CPU cores (default)",
-    )
-    mode.add_argument(
-        "--full",
-        dest="mode",
-        action="store_const",
-        const="full",
-        help="the whole sweep; torch.compile at every size",
-    )
-    mode.add_argument(
-        "--tiny",
-        dest="mode",
-        action="store_const",
-        const="tiny",
-        help="toy shapes, seconds; for tests",
-    )
-    mode.add_argument(
-        "--gpu",
-        dest="mode",
-        action="store_const",
-        const="gpu",
-        help="the GPU profile: named Cityscapes points within --budget-s (make gpu-check)",
-    )
-    p.set_defaults(mode="quick")
-    gpu = p.add_argument_group("GPU profile (--gpu)")
-    gpu.add_argument(
-        "--budget-s",
-        type=float,
-        default=240.0,
-        metavar="S",
-        help="stop starting cases so that the profile ends within S seconds (default 240)",
-    )
-    gpu.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="toy shapes, on CPU unless --device cuda: checks the profile's plumbing",
-    )
-    p.add_argument("--out", type=Path, help="output directory (default bench/results/<device>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument(
-        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer"
-    )
-    p.add_argument(
-        "--compile-backend",
-        default="inductor",
-        help="torch.compile backend of the compiled peer (default inductor)",
-    )
-    p.add_argument(
-        "--cpu-call-budget",
-        type=float,
-        default=None,
-        metavar="S",
-        help="CPU: time only cases whose eager fwd+bwd is estimated under S seconds "
-        "(default 4 quick, 30 full)",
-    )
-    p.add_argument(
-        "--arch",
-        type=int,
-        default=None,
-        help="kernel report target, e.g. 90 (default: this GPU, else 90)",
-    )
-    p.add_argument("--no-kernel-report", dest="kernel_report", action="store_false")
-    p.add_argument(
-        "--no-parity",
-        dest="parity",
-        action="store_false",
-        help="skip the tiny Triton-vs-eager parity cases",
-    )
-    p.add_argument(
-        "--replot",
-        action="store_true",
-        help="redraw plots and summary from <out>/results.csv without measuring",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is available")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of the device that produced the numbers."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
-            )
-    except OSError:
-        pass
-    return f"CPU {model} ({torch.get_num_threads()} threads)"
-
-
-def device_slug(device: torch.device) -> str:
-    """Directory name for results: 'cpu', or the GPU name ('nvidia-h100-80gb-hbm3')."""
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-
-
-def triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except Exception:
-        return "unavailable"
-
-
-def default_arch(device: torch.device) -> int:
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return 10 * major + minor
-    return 90  # H100: the kernel report needs no GPU to target it
-
-
-def settings_for(args: argparse.Namespace, device: torch.device) -> Settings:
-    # Per mode: (seconds one eager fwd+bwd may take, seconds per timed metric, min calls).
-    mode = "tiny" if args.mode == "gpu" and args.dry_run else args.mode
-    call_budget, metric_budget, min_reps = {
-        "tiny": (4.0, 0.02, 2),
-        "quick": (4.0, 1.0, 3),
-        "full": (30.0, 5.0, 5),
-        "gpu": (4.0, 1.0, 3),
-    }[mode]
-    if args.cpu_call_budget is not None:
-        call_budget = args.cpu_call_budget
-    return Settings(
-        mode=args.mode,
-        device=device,
-        compile=args.compile,
-        compile_backend=args.compile_backend,
-        cpu_call_budget_s=call_budget,
-        cpu_metric_budget_s=metric_budget,
-        min_reps=min_reps,
-        parity=args.parity and args.mode != "gpu",  # the CUDA tier checks parity there
-    )
-
-
-def run(args: argparse.Namespace) -> Path:
-    """Measure everything, write the output directory, print the summary; return it."""
-    device = pick_device(args.device)
-    if device.type == "cpu" and "TRITON_INTERPRET" not in os.environ:
-        # Without a GPU the kernels can only run in the interpreter, which must be
-        # switched on before ddsm_triton.kernels is imported (nothing has yet).
-        os.environ["TRITON_INTERPRET"] = "1"
-    out = args.out or RESULTS_ROOT / device_slug(device)
-    out.mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    recorder = Recorder(device_name(device), torch.__version__, triton_version())
-    _record_device_limits(recorder, device, args.mode)
-    if args.mode == "gpu":
-        _run_gpu_profile(args, device, recorder, out, start)
-        return out
-    plan = build_plan(args.mode, cuda=device.type == "cuda")
-    steps = len(plan.cases) + (3 if args.parity else 0) + 2 * int(args.kernel_report)
-    progress = Progress(steps, enabled=not args.quiet)
-    try:
-        Runner(settings_for(args, device), recorder, progress).run(plan)
-        if args.kernel_report:
-            progress.status("kernel report: compiling every kernel for a GPU target")
-            _kernel_report(args, device, recorder, out)
-            progress.advance("kernel report")
-            progress.status("traffic meter: kernel bytes per cell, under the interpreter")
-            traffic.bench_hook(out, max_rows=None if args.mode == "full" else 1)
-            progress.advance("traffic meter")
-    finally:
-        progress.close()
-        wall = time.perf_counter() - start
-        recorder.add(None, "all", "wall_s", wall, f"whole run, --{args.mode}", config="run")
-        recorder.write(out / "results.csv")
-    _finish(recorder.rows, out)
-    return out
-
-
-def _run_gpu_profile(
-    args: argparse.Namespace, device: torch.device, recorder: Recorder, out: Path, start: float
-) -> None:
-    """``--gpu``: the budgeted profile (bench/gpu_profile.py), then plots and summary.
-    SIGTERM (a time limit) still writes the CSV, the plots and the summary."""
-    from . import gpu_profile
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through finally
-    try:
-        gpu_profile.run(
-            settings_for(args, device),
-            recorder,
-            out,
-            budget_s=args.budget_s,
-            dry_run=args.dry_run,
-            quiet=args.quiet,
-        )
-    finally:
-        wall = time.perf_counter() - start
-        recorder.add(None, "all", "wall_s", wall, "whole run, --gpu", config="run")
-        recorder.write(out / "results.csv")
-        _finish(recorder.rows, out)
-    print(f"GPU profile: {wall:.0f} s in all", flush=True)
-
-
-def _record_device_limits(recorder: Recorder, device: torch.device, mode: str) -> None:
-    """Say in the CSV (and on stderr) what this device cannot measure."""
-    if device.type != "cuda" and mode == "gpu":
-        note = "GPU profile on CPU: a dry run of its plumbing; Triton is interpreted, not timed"
-        recorder.add(None, "all", "info", note=note, config="all")
-    elif device.type != "cuda":
-        _record_cpu_limits(recorder)
-    elif os.environ.get("TRITON_INTERPRET") == "1":
-        # The interpreter would run the kernels on the host: every Triton number wrong.
-        note = "TRITON_INTERPRET=1 on a CUDA machine: Triton timings are interpreter timings"
-        print(f"warning: {note}; unset it to benchmark the compiled kernels", file=sys.stderr)
-        recorder.add(None, "triton", "info", note=note, config="all")
-
-
-def _record_cpu_limits(recorder: Recorder) -> None:
-    """Say in the CSV what a CPU-only run cannot measure."""
-    for impl, note in (
-        ("all", f"{' and '.join(HALF_DTYPES)} sweeps: CUDA only"),
-        ("all", "peak memory and bandwidth-floor fractions: CUDA only"),
-    ):
-        recorder.add(None, impl, "skipped", note=note, config="all")
-
-
-def _kernel_report(args, device: torch.device, recorder: Recorder, out: Path) -> None:
-    """Write kernel_report.json and its CSV rows, or say in the CSV why there is none."""
-    arch = args.arch or default_arch(device)
-    path = out / "kernel_report.json"
-    entries, message = kernel_stats.collect_cached(arch, path)
-    kernel_stats.write(entries, message, arch, path)
-    if entries:
-        kernel_stats.record(entries, recorder)
-        recorder.add(None, "triton", "info", note=f"kernel report: {message}", config="kernels")
-    else:
-        recorder.add(None, "triton", "skipped", note=f"kernel report: {message}", config="kernels")
-
-
-def _finish(rows: list[dict[str, str]], out: Path) -> None:
-    """Plots and summary from the rows (also what --replot runs)."""
-    written = plots.draw_all(rows, out)
-    text = summary.render(rows)
-    (out / "summary.md").write_text("```\n" + text + "\n```\n")
-    print(text)
-    print(f"\nwrote {out / 'results.csv'}, summary.md, " + ", ".join(p.name for p in written))
+#: mode: (s for all timings, s a forward+backward may take, s to time a phase on CPU, help)
+MODES = {
+    "quick": (150, 2.5, 0.3, "a few minutes on 2 CPU cores (default)"),
+    "full": (3600, 30, 1.0, "the whole sweep; compiles at every size"),
+    "tiny": (300, 4, 0.05, "toy shapes, seconds; for tests"),
+    "gpu": (170, 60, 0.3, "the GPU profile of make gpu-check"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.replot:
-        out = args.out or RESULTS_ROOT / device_slug(pick_device(args.device))
-        _finish(read_csv(out / "results.csv"), out)
-        return 0
-    run(args)
+    p = argparse.ArgumentParser("python -m ddsm_triton.bench", description=__doc__)
+    for mode, (*_, text) in MODES.items():
+        p.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode, help=text)
+    p.set_defaults(mode="quick")
+    p.add_argument("--dry-run", action="store_true", help="--gpu's structure, toy maps, CPU")
+    p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>)")
+    p.add_argument("--budget-s", type=float, help="seconds for all timings (default: per mode)")
+    p.add_argument("--call-s", type=float, help="time no call predicted longer (per mode)")
+    p.add_argument("--compiler", default="inductor", help="torch.compile's backend")
+    p.add_argument("--no-static", dest="static", action="store_false", help="no kernel report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.dry_run
+    if not cuda:  # before the kernels are imported: on CPU they run only interpreted
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    warnings.filterwarnings("ignore", ".*does not have a deterministic implementation")
+    import triton
+
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    (out := args.out or results_dir(name if cuda else "cpu")).mkdir(parents=True, exist_ok=True)
+    mode = "gpu-dry-run" if args.mode == "gpu" and args.dry_run else args.mode
+    total_s, call_s, min_run_time, _ = MODES[args.mode]
+    budget = Budget(args.budget_s or total_s, args.call_s or call_s)
+    rec = Recorder(name, torch.__version__, triton.__version__)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a time limit still writes
+    start = time.perf_counter()
+    try:
+        run, cases = Run(rec, device, budget, args.compiler, min_run_time), plan(mode, cuda=cuda)
+        for case, backends in tqdm(cases, "bench", disable=args.quiet, dynamic_ncols=True):
+            run.case(case, backends)
+            rec.write(out / "results.csv")  # a run stopped at its limit keeps what it did
+        if mode.startswith("gpu"):
+            profile_table([c for c, _ in cases], device, out)
+            (out / "autotune.txt").write_text(autotune_choices())
+        elif args.static:
+            static_reports(rec, out, max_rows=None if mode == "full" else 1)
+    finally:
+        rec.add(None, "all", "wall_s", time.perf_counter() - start, f"--{mode}", config="run")
+        rec.write(out / "results.csv")
+        print(report.write(rec.frame(), out))
     return 0
+
+
+def static_reports(rec: Recorder, out: Path, max_rows: int | None) -> None:
+    """The sm_90 kernel report (reused while the kernels are unchanged), traffic meter."""
+    from . import kernel_report, kernel_stats, traffic
+
+    path = out / "kernel_report.json"
+    entries, message = kernel_stats.collect_cached(90, path)
+    kernel_stats.write(entries, message, 90, path)
+    if entries:
+        kernel_stats.record(entries, rec)
+        (out / "kernel_report.md").write_text(kernel_report.format_table(entries) + "\n")
+    rec.add(None, "triton", "info", note=f"kernel report: {message}", config="kernels")
+    traffic.bench_hook(out, max_rows=max_rows)
+
+
+def profile_table(cases: list, device: torch.device, out: Path) -> None:
+    """profile.txt: torch.profiler's table of 3 forward+backward per kind at the largest
+    point (Triton on a GPU; on CPU the reference: interpreted kernels mean nothing)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda, tables = device.type == "cuda", []
+    backend, sort = ("triton", "self_device") if cuda else ("reference", "self_cpu")
+    top = cases.index(max(cases, key=lambda c: c.map_h * c.map_w))  # a size's kinds follow
+    for case in cases[top : top + len(KINDS)]:
+        (wl := build(case, backend, device)).fwdbwd()  # compiles, autotunes
+        with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+            for _ in range(3):
+                wl.fwdbwd()
+            torch.cuda.synchronize() if cuda else None
+        table = prof.key_averages().table(sort_by=f"{sort}_time_total", row_limit=15)
+        where = f"{case.kind} {case.map_h}x{case.map_w} {case.dtype}"
+        tables.append(f"{backend}, {where}, 3 x forward+backward\n{table}")
+        (out / "profile.txt").write_text("\n\n".join(tables))
+
+
+def autotune_choices() -> str:
+    """Each autotuned kernel's chosen configuration, per autotuning key seen here."""
+    from triton.runtime.autotuner import Autotuner
+
+    lines = [
+        f"{module}.{attr} {key}: {config}"
+        for module, m in sorted(sys.modules.items())
+        if module.startswith("ddsm_triton.kernels") and m is not None
+        for attr, kernel in vars(m).items()
+        if isinstance(kernel, Autotuner)
+        for key, config in kernel.cache.items()
+    ]
+    return "\n".join(lines) + "\n" if lines else "no autotuner chose a configuration here\n"
 
 
 if __name__ == "__main__":

@@ -1,235 +1,167 @@
-"""Measurement helpers: latency, saved-for-backward bytes, peak memory, the I/O floor.
-
-Every helper is independent of DDSM: it takes callables and tensors, so it can be
-unit-tested on a known op (``x * y`` saves exactly x and y).
-"""
+"""Measures a plan, case by case: the bytes each backend saves for backward (exact, and
+under FakeTensorMode at any size), the reference's output and gradients, then each backend
+checked against them and timed only if it matches (``triton.testing.do_bench`` on a GPU,
+``torch.utils.benchmark.Timer`` on CPU, where the Triton kernels run in the interpreter:
+checked on tiny cases by :meth:`Run.parity`, never timed)."""
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from ddsm_triton.memory import SavedBytes, saved_bytes  # noqa: F401 (re-exported)
+from ddsm_triton.memory import saved_bytes
 
-# Quantiles reported with every latency: median and a robust spread (p20, p80),
-# which, unlike min/max, a single preempted iteration on a shared machine cannot move.
-QUANTILES = (0.5, 0.2, 0.8)
+from .cases import BACKENDS, Case, Workload, build, io_floor_bytes
+from .records import Recorder
 
-
-# ------------------------------------------------------------------------ latency
-@dataclass(frozen=True)
-class Timing:
-    """Latency statistics of one callable, in milliseconds."""
-
-    p50_ms: float
-    p20_ms: float
-    p80_ms: float
-    samples: int  # timed calls (CPU); 0 when do_bench chose the count itself
+#: max |x - ref| / max |ref| per tensor: TF32 matmuls in fp32, 8/11-bit mantissas in halves.
+TOLERANCE = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 2e-2}
 
 
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile ``q`` in [0, 1] of ``values`` (like numpy's default)."""
-    if not values:
-        raise ValueError("quantile of no values")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+def latency_ms(fn, cuda: bool, min_run_time: float) -> list[float]:
+    """[median, p20, p80] milliseconds of ``fn()`` (already warmed up)."""
+    if cuda:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    from torch.utils.benchmark import Timer
+
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    times = torch.tensor(timer.blocked_autorange(min_run_time=min_run_time).times)
+    return (1e3 * times.quantile(torch.tensor([0.5, 0.2, 0.8], dtype=times.dtype))).tolist()
 
 
-def time_cpu(
-    fn: Callable[[], object],
-    *,
-    warmup: int = 1,
-    min_reps: int = 3,
-    max_reps: int = 50,
-    budget_s: float = 1.0,
-) -> Timing:
-    """Wall-clock latency of ``fn`` on CPU with ``time.perf_counter``.
+def worst_error(actual: dict, expected: dict) -> tuple[float, str]:
+    """(max |actual - expected| / max |expected|, its tensor's name) over the output and
+    every gradient; a missing or NaN tensor scores inf, an all-zero gradient 1."""
 
-    Runs ``warmup`` untimed calls, then timed calls until ``budget_s`` seconds are
-    spent, at least ``min_reps`` and at most ``max_reps`` of them. CPU ops are
-    synchronous, so no device synchronisation is needed. (``triton.testing.do_bench``
-    cannot be used here: it needs a GPU driver.)
-    """
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < max_reps and (
-        len(samples) < min_reps or time.perf_counter() - start < budget_s
-    ):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(
-        quantile(samples, 0.5), quantile(samples, 0.2), quantile(samples, 0.8), len(samples)
-    )
+    def error(a: torch.Tensor | None, e: torch.Tensor | None) -> float:
+        if a is None or e is None or a.shape != e.shape:
+            return 0.0 if a is e else float("inf")
+        err = (a.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1e-30)
+        return err.nan_to_num(float("inf")).item()
+
+    errors = {name: error(actual.get(name), e) for name, e in expected.items()}
+    worst = max(errors, key=errors.__getitem__)
+    return errors[worst], worst
 
 
-def time_cuda(
-    fn: Callable[[], object], *, grad_to_none: Sequence[torch.Tensor] | None = None
-) -> Timing:
-    """GPU latency of ``fn`` with ``triton.testing.do_bench`` (median, p20, p80).
-
-    do_bench warms up, flushes L2 between calls and times with CUDA events;
-    ``grad_to_none`` tensors get ``.grad = None`` before each call so
-    forward+backward timings do not include gradient accumulation.
-    """
-    import triton.testing
-
-    # do_bench sizes its loops from a ~5-call estimate and a time budget (ms); a
-    # 200 ms eager call would get a single timed repeat under the default 100 ms,
-    # so the budget grows with the call: at least ~10 repeats, whatever the size.
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once_ms = (time.perf_counter() - start) * 1e3
-    p50, p20, p80 = triton.testing.do_bench(
-        fn,
-        warmup=max(25.0, 2 * once_ms),
-        rep=max(100.0, 10 * once_ms),
-        grad_to_none=list(grad_to_none or []),
-        quantiles=list(QUANTILES),
-    )
-    return Timing(float(p50), float(p20), float(p80), 0)
-
-
-@contextlib.contextmanager
-def fake_mode():
-    """``FakeTensorMode``: tensors carry shapes and dtypes but no data, ops cost nothing.
-
-    Factory functions and modules built inside it are fake too, so a forward at
-    256x512 with 25 GB of activations can be traced on a laptop.
-    """
+def fake_saved_bytes(case: Case, backend: str, device: torch.device):
+    """``saved_bytes`` of ``backend`` on ``case`` under FakeTensorMode: no compute."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        yield
+        wl = build(case, backend, device)
+        return saved_bytes(wl.fwd, wl.leaves())
 
 
-# ------------------------------------------------------------------ peak memory
-def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated on ``device`` while ``fn()`` runs, above what was live before."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
+class Budget:
+    """The one time limit. A backend is timed at a case if one forward+backward, predicted
+    from the slowest seconds per byte the reference saves (known beforehand; it is
+    memory-bound) seen for its kind and backend, is at most ``call_s`` and the timing ends
+    before the deadline."""
+
+    def __init__(self, total_s: float, call_s: float) -> None:
+        self.deadline, self.call_s = time.perf_counter() + total_s, call_s
+        self.rate: dict[tuple[str, str], float] = {}
+
+    def reason(self, key: tuple[str, str], work: int, extra_s: float = 0.0) -> str | None:
+        """None if ``key`` = (kind, backend) may be timed at ``work``; else why not."""
+        call, left = self.rate.get(key, 0.0) * work, self.deadline - time.perf_counter()
+        if call > self.call_s:
+            return f"one forward+backward predicted at {call:.1f} s > {self.call_s:g} s (--call-s)"
+        if 4 * call + extra_s > left:  # a warm-up, then >= 1 timed call per phase
+            return f"time budget: {left:.0f} s left (--budget-s)"
+        return None
+
+    def observe(self, key: tuple[str, str], work: int, seconds: float) -> None:
+        self.rate[key] = max(self.rate.get(key, 0.0), seconds / max(work, 1))
 
 
-# --------------------------------------------------------------- bandwidth floor
-def nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
-    """Bytes of a dense tensor of ``shape`` and ``dtype``."""
-    n = 1
-    for s in shape:
-        n *= s
-    return n * torch.empty((), dtype=dtype).element_size()
+class Run:
+    """Measures cases into ``rec``; ``min_run_time``: seconds to time a phase on CPU."""
 
+    def __init__(self, rec: Recorder, device, budget: Budget, compiler: str, min_run_time: float):
+        self.rec, self.device, self.budget, self.compiler = rec, device, budget, compiler
+        self.cuda, self.min_run_time = device.type == "cuda", min_run_time
+        self.compile_s = 60.0 if compiler == "inductor" else 5.0  # a guess, per compile
+        if self.cuda:
+            src = torch.empty(1 << 28, device=device).uniform_()  # 1 GiB, read and written
+            copy_gbps = 2**31 / latency_ms(lambda: src.clone(), True, 0)[0] / 1e6
+            rec.add(None, "all", "copy_gbps", copy_gbps, "device-to-device copy of 1 GiB")
+        else:
+            note = "Triton on CPU runs in the interpreter: checked on the parity cases, not timed"
+            rec.add(None, "triton", "info", note=note, config="all")
 
-@dataclass(frozen=True)
-class Floor:
-    """The fewest bytes the core op must move (bytes).
+    def case(self, case: Case, backends: tuple[str, ...]) -> None:
+        """Saved bytes, then each of ``backends`` checked against the reference, then timed
+        (on the "parity" cases: checked, and the saved bytes counted for real)."""
+        self.fake = {b: fake_saved_bytes(case, b, self.device) for b in BACKENDS}
+        for backend, saved in self.fake.items():
+            self.rec.add(case, backend, "saved_bytes", saved.total, "FakeTensorMode")
+        work = self.fake["reference"].total
+        ref_why = self.budget.reason((case.kind, "reference"), work)
+        ref = expected = None
+        if not ref_why:
+            ref = self._guard(case, "reference", lambda: build(case, "reference", self.device))
+            expected = ref and self._guard(case, "reference", ref.results)
+            if expected is None:
+                ref_why = "the reference did not run here: nothing to check against"
+        for backend in backends:
+            extra = self.compile_s if backend.endswith("compile") else 0.0
+            if why := ref_why or self.budget.reason((case.kind, backend), work, extra):
+                self.rec.add(case, backend, "skipped", note=f"not timed: {why}")
+                continue
+            self._guard(case, backend, lambda b=backend: self._time(case, b, work, ref, expected))
+            gc.collect()
+            torch.cuda.empty_cache() if self.cuda else None
 
-    forward: read query, key, value, offsets once; write out once.
-    backward: read query, key, value, offsets and dout once; write dquery, dkey,
-        dvalue and doffsets once (``out`` and the softmax are recomputed, not read).
-    """
+    def _time(self, case: Case, backend: str, work: int, ref: Workload, expected: dict) -> None:
+        wl = ref if backend == "reference" else build(case, backend, self.device, self.compiler)
+        start = time.perf_counter()
+        got = wl.results()  # also the warm-up: compiles, autotunes
+        if backend.endswith("compile"):
+            self.rec.add(case, backend, "compile_s", time.perf_counter() - start, "first call")
+            saved = saved_bytes(wl.fwd, wl.leaves()).total
+            self.rec.add(case, backend, "saved_bytes", saved, "real run")
+        err, name = worst_error(got, expected)
+        ok = err <= TOLERANCE[case.dtype]
+        self.rec.add(case, backend, "check_err", err, f"{'ok' if ok else 'WRONG'}: worst is {name}")
+        if case.config == "parity":  # checked only, and the FakeTensorMode count vs a real one
+            real = saved_bytes(wl.fwd, wl.leaves()).total
+            diff = self.fake[backend.partition("+")[0]].total - real
+            self.rec.add(case, backend, "fake_minus_real_bytes", diff, "FakeTensorMode vs real")
+            return
+        if not ok:
+            self.rec.add(case, backend, "skipped", note="not timed: differs from the reference")
+            return
+        del got
+        median, how = {}, "do_bench" if self.cuda else "torch.utils.benchmark"
+        for phase, fn in (("fwd", wl.fwd), ("fwdbwd", wl.fwdbwd)):
+            p50, p20, p80 = latency_ms(fn, self.cuda, self.min_run_time)
+            median[phase] = p50
+            self.rec.add(case, backend, f"{phase}_ms", p50, f"p20 {p20:.4g}, p80 {p80:.4g}; {how}")
+        self.budget.observe((case.kind, backend), work, median["fwdbwd"] / 1e3)
+        if self.cuda:
+            for t in wl.leaves():  # the last call's gradients would count as the baseline
+                t.grad = None
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            wl.fwdbwd()
+            peak = torch.cuda.max_memory_allocated() - before
+            self.rec.add(case, backend, "peak_fwdbwd_bytes", peak, "above the inputs")
+            for phase, floor in zip(median, io_floor_bytes(case), strict=True):
+                if case.kind != "module":
+                    self.rec.add(case, backend, f"{phase}_gbps", floor / median[phase] / 1e6)
 
-    forward: int
-    backward: int
-
-    @property
-    def forward_backward(self) -> int:
-        return self.forward + self.backward
-
-
-def op_floor(
-    batch: int, h: int, w: int, groups: int, samples: int, dk: int, dv: int, dtype: torch.dtype
-) -> Floor:
-    """I/O floor of ``dynamic_sample_attention`` on a (batch, h, w, groups) grid.
-
-    Shapes: query/key (B,H,W,G,Dk), value/out (B,H,W,G,Dv), offsets (B,H,W,G,N,2),
-    all in ``dtype``.
-    """
-    cells = (batch, h, w, groups)
-    qk = nbytes((*cells, dk), dtype)
-    v = nbytes((*cells, dv), dtype)
-    off = nbytes((*cells, samples, 2), dtype)
-    inputs = 2 * qk + v + off
-    out = v
-    return Floor(forward=inputs + out, backward=inputs + out + inputs)  # + dout, + grads
-
-
-def bandwidth_fraction(floor_bytes: int, time_ms: float, copy_gbps: float) -> float:
-    """Achieved floor bandwidth over copy bandwidth: ``floor / time / copy_bw``, in [0, ~1]."""
-    return floor_bytes / (time_ms * 1e-3) / (copy_gbps * 1e9)
-
-
-def copy_bandwidth_gbps(device: torch.device, nbytes_: int = 1 << 30) -> float:
-    """Device-to-device copy bandwidth in GB/s (read + write bytes over time)."""
-    src = torch.empty(nbytes_ // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    ms = time_cuda(lambda: dst.copy_(src)).p50_ms
-    return 2 * nbytes_ / (ms * 1e-3) / 1e9
-
-
-# ------------------------------------------------------------------- correctness
-@dataclass(frozen=True)
-class Check:
-    """Result of comparing a peer's outputs and gradients with eager's.
-
-    ``worst_error`` is max |peer - eager| / max |eager| over the worst tensor, so an
-    all-zero gradient scores 1.0 however small the gradient is.
-    """
-
-    ok: bool
-    worst_error: float
-    worst_name: str
-    tolerance: float
-
-    def describe(self) -> str:
-        verdict = "ok" if self.ok else "WRONG"
-        return (
-            f"{verdict}: worst {self.worst_name} rel. err {self.worst_error:.2e} "
-            f"(tol {self.tolerance:.0e})"
-        )
-
-
-#: Relative tolerances per dtype: float32 allows TF32 matmuls in Triton kernels,
-#: half types the rounding of their 8/11-bit mantissas.
-TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2, torch.float64: 1e-8}
-
-
-def relative_error(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
-    """max |actual - expected| / max |expected| (inf when one side is missing or NaN)."""
-    if actual is None and expected is None:
-        return 0.0
-    if actual is None or expected is None or actual.shape != expected.shape:
-        return float("inf")
-    a, e = actual.detach().double(), expected.detach().double()
-    scale = e.abs().max().item() if e.numel() else 0.0
-    diff = (a - e).abs().max().item() if e.numel() else 0.0
-    if diff != diff:  # NaN
-        return float("inf")
-    return diff / scale if scale > 0 else diff
-
-
-def compare(
-    actual: dict[str, torch.Tensor | None],
-    expected: dict[str, torch.Tensor | None],
-    dtype: torch.dtype,
-) -> Check:
-    """Compare named tensors (output and every gradient) of a peer against eager."""
-    tol = TOLERANCE.get(dtype, 5e-3)
-    errors = {name: relative_error(actual.get(name), ref) for name, ref in expected.items()}
-    worst = max(errors, key=lambda name: errors[name])
-    return Check(errors[worst] <= tol, errors[worst], worst, tol)
+    def _guard(self, case: Case, backend: str, fn):
+        """``fn()``, or an ``error`` row (``skipped`` if out of memory) and None."""
+        try:
+            return fn()
+        except Exception as err:
+            oom = "out of memory" in str(err).lower()
+            note = "out of memory" if oom else f"{type(err).__name__}: {err}"[:300]
+            self.rec.add(case, backend, "skipped" if oom else "error", note=note.replace("\n", " "))
+            return None

@@ -1,148 +1,44 @@
-"""The CSV of measurements: one row per (case, impl, metric), long format.
-
-Long format keeps the schema fixed while metrics come and go by device (peak
-memory and bandwidth exist only on CUDA): a row is a fact, ``note`` says how it
-was obtained or why a value is missing, and plots and the summary are built from
-the rows alone, so ``--replot`` can redraw them from a committed CSV.
-"""
+"""results.csv: a row per measurement; ``note`` says how, or why a value is missing."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import math
-from collections.abc import Iterable
+import re
 from pathlib import Path
 
-from .configs import Case
+import pandas as pd
 
-#: Column order of results.csv. The shape columns are the fields of ``Case``.
-SHAPE_COLUMNS = (
-    "kind",
-    "batch",
-    "map_h",
-    "map_w",
-    "dim",
-    "grid_h",
-    "grid_w",
-    "groups",
-    "samples",
-    "dk",
-    "dv",
-)
-COLUMNS = (
-    "device",
-    "torch",
-    "triton",
-    "config",
-    *SHAPE_COLUMNS,
-    "dtype",
-    "impl",
-    "metric",
-    "value",
-    "unit",
-    "note",
-)
+from .cases import Case
 
-#: Units of the metrics written by the runner (documentation and a test's oracle).
-METRIC_UNITS = {
-    "fwd_ms_p50": "ms",
-    "fwd_ms_p20": "ms",
-    "fwd_ms_p80": "ms",
-    "fwdbwd_ms_p50": "ms",
-    "fwdbwd_ms_p20": "ms",
-    "fwdbwd_ms_p80": "ms",
-    "saved_bytes": "bytes",
-    "saved_activation_bytes": "bytes",
-    "saved_fake_minus_real": "bytes",
-    "peak_fwd_bytes": "bytes",
-    "peak_fwdbwd_bytes": "bytes",
-    "floor_fwd_bytes": "bytes",
-    "floor_fwdbwd_bytes": "bytes",
-    "bw_frac_fwd": "fraction",
-    "bw_frac_fwdbwd": "fraction",
-    "check_rel_err": "rel",
-    "parity_rel_err": "rel",
-    "compile_s": "s",
-    "copy_bandwidth": "GB/s",
-    "skipped": "",
-    "error": "",
-    "info": "",
-    "wall_s": "s",
-    "registers": "count",
-    "stack_bytes": "bytes",
-    "local_bytes": "bytes",
-    "shared_bytes": "bytes",
-    "widest_load_bits": "bits",
-}
+SHAPE = tuple(f.name for f in dataclasses.fields(Case))
+COLUMNS = ("device", "torch", "triton", *SHAPE, "backend", "metric", "value", "unit", "note")
+UNITS = {"_ms": "ms", "_bytes": "bytes", "_s": "s", "_gbps": "GB/s", "_err": "rel"}
 
 
 class Recorder:
-    """Collects rows in memory; every row carries the device and library versions."""
+    """Collects the rows; each carries the device and the library versions."""
 
     def __init__(self, device: str, torch_version: str, triton_version: str) -> None:
         self.env = {"device": device, "torch": torch_version, "triton": triton_version}
-        self.rows: list[dict[str, str]] = []
+        self.rows: list[dict] = []
 
-    def add(
-        self,
-        case: Case | None,
-        impl: str,
-        metric: str,
-        value: float | int | str = "",
-        note: str = "",
-        *,
-        config: str | None = None,
-        unit: str | None = None,
-        dtype: str | None = None,
-    ) -> None:
-        """Append one row; ``case`` None is a device-level fact (shape columns empty)."""
-        shape = dict.fromkeys(SHAPE_COLUMNS, "")
-        row_config, row_dtype = config or "", dtype or ""
-        if case is not None:
-            fields = dataclasses.asdict(case)
-            shape = {c: str(fields[c]) for c in SHAPE_COLUMNS}
-            row_config, row_dtype = config or case.config, dtype or case.dtype
-        self.rows.append(
-            {
-                **self.env,
-                "config": row_config,
-                **shape,
-                "dtype": row_dtype,
-                "impl": impl,
-                "metric": metric,
-                "value": _format_value(value),
-                "unit": METRIC_UNITS.get(metric, "") if unit is None else unit,
-                "note": note,
-            }
-        )
+    def add(self, case: Case | None, backend: str, metric: str, value="", note="", **where):
+        """One row; ``case`` None: a fact about the device or the run; ``where`` sets
+        columns (config, dtype) of such a row."""
+        value = float(f"{value:.6g}") if isinstance(value, float) else value
+        unit = next((u for end, u in UNITS.items() if metric.endswith(end)), "")
+        facts = {"backend": backend, "metric": metric, "value": value, "unit": unit, "note": note}
+        shape = dataclasses.asdict(case) if case else {}
+        self.rows.append({**self.env, **shape, **where, **facts})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
     def write(self, path: Path) -> None:
-        write_csv(path, self.rows)
+        self.frame().to_csv(path, index=False)
 
 
-def _format_value(value: float | int | str) -> str:
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.6g}"
-    return str(value)
-
-
-def write_csv(path: Path, rows: Iterable[dict[str, str]]) -> None:
-    """Write rows with exactly ``COLUMNS`` as the header."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def as_float(row: dict[str, str]) -> float | None:
-    """The row's value as a float, or None when it is empty or not a number."""
-    try:
-        return float(row["value"])
-    except (TypeError, ValueError):
-        return None
+def results_dir(device: str) -> Path:
+    """bench/results/<device>: 'cpu', or the card's name ('nvidia-h200')."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    return Path(__file__).resolve().parent / "results" / slug

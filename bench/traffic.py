@@ -68,7 +68,7 @@ class Shape:
         return self.B * self.H * self.W * self.G
 
 
-# The shapes issue 9 names. Maps are small because the interpreter is slow (a run of
+# The traffic goals' shapes. Maps are small because the interpreter is slow (a run of
 # the op takes seconds); offsets are N(0, 1), so samples near the border fall partly
 # outside: the "exact" ratios divide by the gathers of in-bounds corners only.
 SWEEP = (
@@ -184,7 +184,7 @@ def forced_configs(assignment: dict[object, object]) -> Iterator[None]:
 
 # ------------------------------------------------------------------------ floors
 def in_bounds_corners(offsets, dilation: int) -> int:
-    """Number of (cell, sample, corner) whose corner lies inside the map (SPEC step 3)."""
+    """Number of (cell, sample, corner) whose corner lies inside the map (docs/semantics.md §1.2, step 3)."""
     import torch
 
     from ddsm_triton.reference.dynamic_sample_attention import sample_positions
@@ -200,7 +200,7 @@ def in_bounds_corners(offsets, dilation: int) -> int:
 def floors(
     shape: Shape, itemsize: int, acc_itemsize: int, corners: float | None = None
 ) -> dict[str, float]:
-    """The per-cell floors of issue 9, in bytes (atomics: in elements), with ``4 N``
+    """The per-cell floors (docs/design.md §3.6), in bytes (atomics: in elements), with ``4 N``
     corners per cell or, given, ``corners`` (the in-bounds ones) per cell."""
     N = shape.k**2
     corners = 4 * N if corners is None else corners

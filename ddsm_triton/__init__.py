@@ -1,8 +1,9 @@
 """ddsm-triton: the Dynamic Dual Sampling Module as fused Triton kernels.
 
-Public API:
+Public API (what each computes: docs/semantics.md):
     DDSM, SpatialDynamicAffinity, ChannelDynamicAffinity  (nn.Modules)
     dynamic_sample_attention                              (the core op)
+    ddsm_triton.models                                    (a DDSM FPN segmentation head)
     ddsm_triton.reference                                 (pure-PyTorch ground truth)
 """
 

@@ -1,5 +1,9 @@
-"""Which backend runs a call, and where the Triton kernels can run (docs/semantics.md,
-section 2, ``backend``). The one place that reads ``TRITON_INTERPRET``."""
+"""Which backend runs a call, and where the Triton kernels can run (docs/semantics.md
+§2.5). The one place that reads ``TRITON_INTERPRET``.
+
+A backend name is checked once, where it is set (the op's argument, a module's
+``backend`` attribute); ``resolve_checked`` then maps a checked name to what runs.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ import torch
 
 from ddsm_triton._validation import check_backend
 
-__all__ = ["check_interpreter_numpy", "interpreting", "resolve_backend"]
+__all__ = [
+    "BackendAttribute",
+    "check_interpreter_numpy",
+    "interpreting",
+    "resolve_backend",
+    "resolve_checked",
+]
 
 
 def interpreting() -> bool:
@@ -49,7 +59,14 @@ def check_interpreter_numpy() -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to "reference", "torch" or "triton" for tensors on ``device``.
+    """Map ``backend`` to "reference", "torch" or "triton" for tensors on ``device``
+    (the public form of ``resolve_checked``: it checks the name first)."""
+    return resolve_checked(check_backend(backend), device)
+
+
+def resolve_checked(backend: str, device: torch.device) -> str:
+    """Map a checked ``backend`` name to "reference", "torch" or "triton" for tensors on
+    ``device``.
 
     "auto" picks Triton for CUDA tensors and the grid_sample-based "torch" backend
     elsewhere. "triton" runs CUDA tensors when the kernels are compiled, and CPU
@@ -58,7 +75,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     On "meta" tensors every backend infers shapes (the Triton op has a fake
     implementation).
     """
-    check_backend(backend)
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     if backend != "triton" or device.type == "meta":
@@ -78,3 +94,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"backend='triton' needs CUDA tensors, got tensors on {device}")
     return backend
+
+
+class BackendAttribute:
+    """Mixin for modules: a ``backend`` attribute whose name is checked when it is set
+    (at construction and on every later assignment), so that a call need not."""
+
+    _backend: str
+
+    @property
+    def backend(self) -> str:
+        """The backend name: "auto", "reference", "torch" or "triton" (docs/semantics.md
+        §2.5)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        self._backend = check_backend(backend)

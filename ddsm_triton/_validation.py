@@ -1,4 +1,4 @@
-"""Input checks shared by the op and the modules (SPEC.md section 3).
+"""Input checks shared by the op and the modules (docs/semantics.md §3).
 
 Every check raises before any kernel is launched, with a message that names the
 argument, what was expected and what was given.
@@ -68,6 +68,7 @@ def check_same(names: Sequence[str], tensors: Sequence[torch.Tensor], attr: str)
 
 
 def check_backend(backend: object) -> str:
+    """A backend name; checked where it is set (the op's argument, a module's attribute)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend  # type: ignore[return-value]
@@ -80,8 +81,8 @@ def check_attention_inputs(
     offsets: torch.Tensor,
     dilation: int,
     scale: float | None,
-) -> float:
-    """Validate the op's inputs; returns the resolved logit scale."""
+) -> float | None:
+    """Validate the op's inputs; returns ``scale`` checked (None stays None: 1/sqrt(Dk))."""
     check_tensor("query", query, 5)
     check_tensor("key", key, 5)
     check_tensor("value", value, 5)
@@ -112,9 +113,7 @@ def check_attention_inputs(
         )
     k = check_odd_square("offsets.shape[4] (N, the number of samples)", offsets.shape[4])
     check_dilation(dilation, k, H, W)
-    if scale is None:
-        return Dk**-0.5
-    return check_scale(scale, query.dtype)
+    return None if scale is None else check_scale(scale, query.dtype)
 
 
 def check_dilation(dilation: object, kernel_size: int, height: int, width: int) -> int:
@@ -155,7 +154,7 @@ def check_channel_sizes(
       all four corners outside it, so it samples zero and its offset gets zero gradient;
       the rings of a wider window start there for every channel, and stay there.
     * ``value_down`` < 2**24: a factor beyond the map's side pools it to 1 x 1
-      (docs/semantics.md, section 2), which is defined for any input, so there is no
+      (docs/semantics.md §2.3), which is defined for any input, so there is no
       bound on the input at forward; no feature map has a side of 2**24 (x_low's cannot:
       its sample positions must stay below ``POSITION_LIMIT``), so a larger factor is a
       mistake.

@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddsm_triton._backend import BackendAttribute
 from ddsm_triton._validation import (
-    check_backend,
     check_channel_sizes,
     check_feature_maps,
     check_odd_square,
     check_positive_int,
 )
 from ddsm_triton.layout import channel_linear, conv_channels_last, resize, to_offsets
-from ddsm_triton.ops import dynamic_sample_attention
+from ddsm_triton.ops import dispatch
 
 
-class ChannelDynamicAffinity(nn.Module):
+class ChannelDynamicAffinity(BackendAttribute, nn.Module):
     """Channel dynamic affinity: attention over N sampled channels.
 
     Args:
@@ -36,13 +36,14 @@ class ChannelDynamicAffinity(nn.Module):
         pool_size: a; queries and keys are (a x a)-pooled channel descriptors.
         channel_kernel_size: kc; each channel samples Nc = kc*kc channels.
         value_down: average-pooling factor of ``x_high`` for the values.
-        backend: "auto", "reference" or "triton".
+        backend: "auto", "reference", "torch" or "triton"; checked here and whenever
+            it is set.
 
     Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
     the branch's contribution ``x_c`` (no residual added here).
 
-    Parameters are SPEC section 2's convolutions (names and shapes are the
-    state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
+    Parameters are the convolutions of docs/semantics.md §2.3 (names and shapes are
+    the state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
     """
 
     def __init__(
@@ -78,7 +79,7 @@ class ChannelDynamicAffinity(nn.Module):
         self.pool_size = pool_size
         self.channel_kernel_size = channel_kernel_size
         self.value_down = value_down
-        self.backend = check_backend(backend)
+        self.backend = backend
 
         descriptor = pool_size * pool_size
         self.query = nn.Conv2d(low_channels, dim, 1)
@@ -89,8 +90,17 @@ class ChannelDynamicAffinity(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
+    def check_inputs(self, x_low: torch.Tensor, x_high: torch.Tensor) -> None:
+        """The checks of docs/semantics.md §3 for a call with these maps (the channel
+        grid is fixed at construction, so only the feature maps are left)."""
         check_feature_maps(x_low, x_high, self.low_channels, self.high_channels, self.proj.weight)
+
+    def forward(
+        self, x_low: torch.Tensor, x_high: torch.Tensor, *, check: bool = True
+    ) -> torch.Tensor:
+        """``check=False`` skips ``check_inputs``, for a caller that ran it (DDSM)."""
+        if check:
+            self.check_inputs(x_low, x_high)
         B = x_low.shape[0]
         s, a = self.side, self.pool_size
         # Every 1x1 convolution here already runs at its input's lowest resolution
@@ -108,11 +118,13 @@ class ChannelDynamicAffinity(nn.Module):
 
         high = self._downsample(x_high)
         value = channel_linear(high, self.value.weight, self.value.bias)  # (B, dim, h'*w')
-        out = dynamic_sample_attention(
+        out = dispatch(
             query.view(B, s, s, 1, a * a),
             key.view(B, s, s, 1, a * a),
             value.view(B, s, s, 1, value.shape[-1]),
             to_offsets(offsets, 1, self.num_samples),
+            dilation=1,
+            scale=None,
             backend=self.backend,
         )
         out = channel_linear(

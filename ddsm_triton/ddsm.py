@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddsm_triton._validation import check_backend
 from ddsm_triton.channel import ChannelDynamicAffinity
 from ddsm_triton.spatial import SpatialDynamicAffinity
 
@@ -51,8 +50,13 @@ class DDSM(nn.Module):
 
     @backend.setter
     def backend(self, backend: str) -> None:
-        """Switch both branches; the parameters are the same for every backend."""
-        self.spatial.backend = self.channel.backend = check_backend(backend)
+        """Switch both branches (each checks the name); the parameters are the same
+        for every backend."""
+        self.spatial.backend = self.channel.backend = backend
 
     def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
-        return x_low + self.spatial(x_low, x_high) + self.channel(x_low, x_high)
+        # One check for both branches: they share the inputs and their channel counts,
+        # and the spatial branch's check also bounds its dilation by the map's extent.
+        self.spatial.check_inputs(x_low, x_high)
+        x_s = self.spatial(x_low, x_high, check=False)
+        return x_low + x_s + self.channel(x_low, x_high, check=False)

@@ -86,7 +86,7 @@ def conv_channels_last(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resizing to ``size`` with ``align_corners=False`` (SPEC section 2).
+    """Bilinear resizing to ``size`` with ``align_corners=False`` (docs/semantics.md §2.2).
 
     At the same size that resize is the identity, so ``x`` is returned as is. The
     result keeps ``x``'s memory format (channels_last stays channels_last).

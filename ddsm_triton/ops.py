@@ -1,15 +1,15 @@
-"""The public op: validate, pick a backend, dispatch."""
+"""The public op: check once, pick a backend, dispatch (docs/semantics.md §1, §3)."""
 
 from __future__ import annotations
 
 import torch
 
-from ddsm_triton._backend import resolve_backend
-from ddsm_triton._validation import check_attention_inputs
+from ddsm_triton._backend import resolve_backend, resolve_checked
+from ddsm_triton._validation import check_attention_inputs, check_backend
 from ddsm_triton.reference import dynamic_sample_attention as _reference_op
 from ddsm_triton.torch_backend import dynamic_sample_attention as _torch_op
 
-__all__ = ["dynamic_sample_attention", "resolve_backend"]
+__all__ = ["dispatch", "dynamic_sample_attention", "resolve_backend"]
 
 
 def dynamic_sample_attention(
@@ -22,7 +22,7 @@ def dynamic_sample_attention(
     scale: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dynamic sample attention (SPEC.md section 1), differentiable in all inputs.
+    """Dynamic sample attention (docs/semantics.md §1), differentiable in all inputs.
 
     Every grid cell (b, i, j) and head g bilinearly samples the key and value
     maps at N = k*k learned positions around it (a k x k window of spacing
@@ -45,7 +45,28 @@ def dynamic_sample_attention(
         (B, H, W, G, Dv), the dtype of ``value``.
     """
     scale = check_attention_inputs(query, key, value, offsets, dilation, scale)
-    chosen = resolve_backend(backend, query.device)
+    return dispatch(
+        query, key, value, offsets, dilation=dilation, scale=scale, backend=check_backend(backend)
+    )
+
+
+def dispatch(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    dilation: int,
+    scale: float | None,
+    backend: str,
+) -> torch.Tensor:
+    """The op on ``backend`` for arguments that are already checked: by
+    ``dynamic_sample_attention`` above, or by a module, which checks its own inputs
+    once per call and its backend name when it is set. Shapes as above; ``scale``
+    None means 1/sqrt(Dk)."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    chosen = resolve_checked(backend, query.device)
     if chosen == "reference":
         return _reference_op(query, key, value, offsets, dilation=dilation, scale=scale)
     if chosen == "torch":

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddsm_triton._backend import BackendAttribute
 from ddsm_triton._validation import (
-    check_backend,
     check_bool,
     check_dilation,
     check_feature_maps,
@@ -25,11 +25,11 @@ from ddsm_triton.layout import (
     rows_to_map,
     to_offsets,
 )
-from ddsm_triton.ops import dynamic_sample_attention
+from ddsm_triton.ops import dispatch
 from ddsm_triton.position_embedding import sine_position_embedding
 
 
-class SpatialDynamicAffinity(nn.Module):
+class SpatialDynamicAffinity(BackendAttribute, nn.Module):
     """Spatial dynamic affinity: attention over N sampled high-level positions.
 
     Args:
@@ -41,13 +41,14 @@ class SpatialDynamicAffinity(nn.Module):
         dilation: spacing of the initial k x k window, in pixels.
         groups: attention heads; each predicts its own offsets.
         pos_embed: add fixed sine-cosine position embeddings to both inputs.
-        backend: "auto", "reference" or "triton" (see ``dynamic_sample_attention``).
+        backend: "auto", "reference", "torch" or "triton" (see
+            ``dynamic_sample_attention``); checked here and whenever it is set.
 
     Shapes: ``x_low`` (B, Cl, H, W), ``x_high`` (B, Ch, h, w) -> (B, Cl, H, W),
     the branch's contribution ``x_s`` (no residual added here).
 
-    Parameters are SPEC section 2's convolutions (names and shapes are the
-    state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
+    Parameters are the convolutions of docs/semantics.md §2.2 (names and shapes are
+    the state_dict's); forward applies the 1x1 ones as matmuls in the op's layout.
     """
 
     def __init__(
@@ -74,11 +75,12 @@ class SpatialDynamicAffinity(nn.Module):
         check_odd_square("kernel_size**2", self.num_samples)
         self.low_channels, self.high_channels, self.dim = low_channels, high_channels, dim
         self.kernel_size = kernel_size
-        # The map size is unknown until forward (which checks it again): bound the window.
+        # The map size is unknown until forward (check_inputs bounds it again with the
+        # map's extent): bound the window alone here.
         self.dilation = check_dilation(dilation, kernel_size, 0, 0)
         self.groups = groups
         self.pos_embed = check_bool("pos_embed", pos_embed)
-        self.backend = check_backend(backend)
+        self.backend = backend
 
         both = low_channels + high_channels
         self.query = nn.Conv2d(low_channels, dim, 1)
@@ -90,8 +92,18 @@ class SpatialDynamicAffinity(nn.Module):
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
+    def check_inputs(self, x_low: torch.Tensor, x_high: torch.Tensor) -> None:
+        """The checks of docs/semantics.md §3 for a call with these maps: the feature
+        maps against the parameters, and ``dilation`` against the map's extent."""
         check_feature_maps(x_low, x_high, self.low_channels, self.high_channels, self.proj.weight)
+        check_dilation(self.dilation, self.kernel_size, *x_low.shape[-2:])
+
+    def forward(
+        self, x_low: torch.Tensor, x_high: torch.Tensor, *, check: bool = True
+    ) -> torch.Tensor:
+        """``check=False`` skips ``check_inputs``, for a caller that ran it (DDSM)."""
+        if check:
+            self.check_inputs(x_low, x_high)
         size, high_size = x_low.shape[-2:], x_high.shape[-2:]
         if self.pos_embed:
             x_low = x_low + self._embedding(x_low)
@@ -101,7 +113,7 @@ class SpatialDynamicAffinity(nn.Module):
         # A 1x1 convolution commutes with bilinear resizing (its weights sum to 1), so
         # value = Conv1x1(up(x_high')) is computed as up(Conv1x1(x_high')) at x_high's
         # resolution, and so is the x_high' half of the key's weights. Exact, and the
-        # parameters are SPEC section 2's. Each projection is written (B, H*W, dim)
+        # parameters are those of docs/semantics.md §2.2. Each projection is written (B, H*W, dim)
         # contiguous, so the op's (B, H, W, G, D) inputs are views, never copies.
         key_low, key_high = self.key.weight.flatten(1).split(
             [self.low_channels, self.high_channels], dim=1
@@ -116,12 +128,13 @@ class SpatialDynamicAffinity(nn.Module):
         both = torch.cat([low, pixel_rows(resize(x_high, size))], dim=2)
         offsets = conv_channels_last(self.offset, rows_to_map(both, size))
 
-        out = dynamic_sample_attention(
+        out = dispatch(
             rows_to_heads(query, size, self.groups),
             rows_to_heads(key, size, self.groups),
             rows_to_heads(value, size, self.groups),
             to_offsets(offsets, self.groups, self.num_samples),
             dilation=self.dilation,
+            scale=None,
             backend=self.backend,
         )
         return rows_to_map(pixel_linear(heads_to_rows(out), self.proj.weight, self.proj.bias), size)

@@ -1,7 +1,7 @@
 """Shared ``@triton.jit`` sampling helpers: one definition of "where does sample n of a
 cell land and what does it read", used by the forward and every backward kernel.
 
-Conventions (SPEC section 1):
+Conventions (docs/semantics.md §1.2):
 
 * Maps are channels-last and flattened to rows: the row of ``(b, y, x, g)`` is
   ``((b * H + y) * W + x) * G + g`` and its ``D`` channels are contiguous, so a row

@@ -1,4 +1,4 @@
-"""Dynamic sample attention (SPEC section 1) as fused Triton kernels.
+"""Dynamic sample attention (docs/semantics.md §1) as fused Triton kernels.
 
 Every cell attends over ``N = k*k`` bilinearly sampled keys and values:
 
@@ -780,7 +780,7 @@ def dynamic_sample_attention(
     dilation: int,
     scale: float,
 ) -> torch.Tensor:
-    """Triton dynamic sample attention (SPEC section 1), differentiable in all inputs.
+    """Triton dynamic sample attention (docs/semantics.md §1), differentiable in all inputs.
 
     Args:
         query: (B, H, W, G, Dk). key: (B, H, W, G, Dk). value: (B, H, W, G, Dv).

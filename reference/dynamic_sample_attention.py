@@ -1,6 +1,6 @@
 """Pure-PyTorch dynamic sample attention: the ground truth for every kernel.
 
-This file follows SPEC.md section 1 line by line and favours clarity over speed:
+This file follows docs/semantics.md §1 line by line and favours clarity over speed:
 it materialises the N sampled keys and values (B, H, W, G, N, D), which is what
 the fused Triton kernels exist to avoid. Gradients come from autograd, so the
 bilinear-weight derivative is one-sided at integer positions exactly as the

@@ -6,9 +6,12 @@ Environment first, before any module that defines a ``@triton.jit`` kernel is im
 * no CUDA device, or ``DDSM_CUDA_DRY_RUN=1``: the Triton interpreter is switched on and
   the kernels run on CPU tensors;
 * a CUDA device: the kernels compile for it, the tests that build CPU tensors for the
-  Triton backend (marker ``interpreter``) skip, and the CUDA tier (marker ``cuda``,
-  ``pytest -m cuda``) runs;
+  Triton backend skip, and the CUDA tier runs;
 * ``TRITON_INTERPRET`` already set: it is left as it is.
+
+Each test file declares its tier itself: ``pytestmark = pytest.mark.interpreter`` (every
+test runs the Triton kernels on CPU tensors), ``pytestmark = pytest.mark.cuda`` (the CUDA
+tier, ``pytest -m cuda``), or per case with ``utils.TRITON`` and ``utils.cuda_param``.
 
 ``DDSM_CUDA_DRY_RUN=1`` runs the CUDA tier's logic on CPU under the interpreter with tiny
 shapes, to check the tier's code on a machine without a GPU (see tests/_cuda_tier.py).
@@ -23,7 +26,6 @@ DRY_RUN_VARIABLE = "DDSM_CUDA_DRY_RUN"
 DRY_RUN = os.environ.get(DRY_RUN_VARIABLE) == "1"
 if DRY_RUN or not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Compile tests must see this checkout's ops. Inductor's on-disk caches outlive a
 # checkout and (torch 2.13) do not key on a custom op's fake implementation: a
 # graph compiled against an older fake kernel was replayed and failed.
@@ -32,17 +34,9 @@ os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
 
 import pytest  # noqa: E402
 
-# Files every test of which runs the Triton kernels on CPU tensors. A new such file can
-# say so itself instead: ``pytestmark = pytest.mark.interpreter``.
-INTERPRETER_FILES = frozenset(
-    {
-        "test_kernels_dynamic_sample_attention.py",
-        "test_kernels_modules.py",
-        "test_integration_opcheck.py",
-        "test_bench_smoke.py",
-        "test_bench_traffic.py",
-    }
-)
+from ddsm_triton._backend import interpreting  # noqa: E402  (imports no kernel)
+
+INTERPRET = interpreting()
 
 
 def cuda_tier_skip_reason() -> str | None:
@@ -77,38 +71,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _params(item: pytest.Item) -> dict:
-    callspec = getattr(item, "callspec", None)
-    return callspec.params if callspec is not None else {}
-
-
-def _is_cuda_param(item: pytest.Item) -> bool:
-    """A test of another file parametrised onto the CUDA device (e.g. the AMP tests)."""
-    return _params(item).get("device") == "cuda"
-
-
-def _needs_interpreter(item: pytest.Item) -> bool:
-    """Runs the Triton backend on CPU tensors: a listed file, the marker, or a test
-    parametrised with backend "triton" on a CPU device."""
-    if item.path.name in INTERPRETER_FILES or item.get_closest_marker("interpreter"):
-        return True
-    params = _params(item)
-    return params.get("backend") == "triton" and params.get("device", "cpu") == "cpu"
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the CUDA tier and skip what this machine cannot run, each with its reason."""
+    """Skip what this machine cannot run, each with its reason."""
     tier_skip = cuda_tier_skip_reason()
     for item in items:
-        if _is_cuda_param(item):
-            item.add_marker(pytest.mark.cuda)
-            if DRY_RUN:  # the dry run keeps to CPU; these need a real CUDA device
-                item.add_marker(pytest.mark.skip(reason=f"{DRY_RUN_VARIABLE}=1: CPU only"))
         if item.get_closest_marker("cuda"):
             if tier_skip:
                 item.add_marker(pytest.mark.skip(reason=tier_skip))
-        elif not INTERPRET and _needs_interpreter(item):
-            item.add_marker(pytest.mark.interpreter)
+        elif not INTERPRET and item.get_closest_marker("interpreter"):
             item.add_marker(pytest.mark.skip(reason=INTERPRETER_SKIP_REASON))
 
 

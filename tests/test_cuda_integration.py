@@ -22,7 +22,7 @@ from _cuda_tier import (
     make_inputs,
     sized,
 )
-from _helpers import randomise_offsets
+from utils import randomise_offsets
 
 from ddsm_triton import DDSM, dynamic_sample_attention
 

@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from utils import BACKENDS, cuda_param, randomise_offsets, replace_op
 
-import ddsm_triton.channel
-import ddsm_triton.spatial
 from ddsm_triton import DDSM, dynamic_sample_attention
+from ddsm_triton.ops import dispatch
 
-BACKENDS = ["reference", "torch", "triton"]
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # (device, autocast dtype): CPU bfloat16 runs everywhere, the CUDA ones where CUDA is.
 AUTOCASTS = [
     pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=CUDA),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=CUDA),
+    cuda_param("cuda", torch.float16, id="cuda-float16"),
+    cuda_param("cuda", torch.bfloat16, id="cuda-bfloat16"),
 ]
 
 
 def _layer(backend: str, device: str) -> DDSM:
-    layer = DDSM(8, 12, dim=16, groups=2, pool_size=2, backend=backend).to(device)
-    with torch.no_grad():
-        layer.spatial.offset.weight.normal_(0, 0.2)
-        layer.channel.offset.weight.normal_(0, 0.2)
-    return layer
+    layer = DDSM(8, 12, dim=16, groups=2, pool_size=2, backend=backend)
+    return randomise_offsets(layer).to(device)
 
 
 @pytest.mark.parametrize(("device", "dtype"), AUTOCASTS)
@@ -41,10 +36,9 @@ def test_op_receives_one_dtype_under_autocast(
 
     def spy(*tensors: torch.Tensor, **kwargs: object) -> torch.Tensor:
         seen.append(tuple(t.dtype for t in tensors))
-        return dynamic_sample_attention(*tensors, **kwargs)
+        return dispatch(*tensors, **kwargs)
 
-    monkeypatch.setattr(ddsm_triton.spatial, "dynamic_sample_attention", spy)
-    monkeypatch.setattr(ddsm_triton.channel, "dynamic_sample_attention", spy)
+    replace_op(monkeypatch, spy)
     layer = _layer("reference", device)
     x_low, x_high = torch.randn(2, 8, 8, 8, device=device), torch.randn(2, 12, 4, 4, device=device)
     with torch.autocast(device, dtype=dtype):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from utils import BACKENDS, features, randomise_offsets, replace_op
 
-import ddsm_triton.channel
-import ddsm_triton.spatial
-from ddsm_triton import DDSM, dynamic_sample_attention
+from ddsm_triton import DDSM
+from ddsm_triton.ops import dispatch
 
-BACKENDS = ["reference", "torch", "triton"]
 CL = torch.channels_last
 FORMATS = [
     pytest.param(torch.contiguous_format, id="nchw"),
@@ -26,23 +25,18 @@ FORMATS = [
 
 
 def _layer(backend: str) -> DDSM:
-    layer = DDSM(8, 12, dim=16, groups=2, pool_size=2, backend=backend)
-    with torch.no_grad():
-        layer.spatial.offset.weight.normal_(0, 0.2)
-        layer.channel.offset.weight.normal_(0, 0.2)
-    return layer
+    return randomise_offsets(DDSM(8, 12, dim=16, groups=2, pool_size=2, backend=backend))
 
 
 def _inputs(memory_format: torch.memory_format, batch: int = 1):
-    x_low = torch.randn(batch, 8, 8, 8).contiguous(memory_format=memory_format)
-    x_high = torch.randn(batch, 12, 4, 4).contiguous(memory_format=memory_format)
+    x_low, x_high = features(batch, 8, 12, 8, 8, 4, 4, memory_format=memory_format)
     return x_low.requires_grad_(), x_high.requires_grad_()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_channels_last_matches_default_layout(backend: str) -> None:
     layer = _layer(backend)
-    x_low, x_high = torch.randn(1, 8, 8, 8), torch.randn(1, 12, 4, 4)
+    x_low, x_high = features(1, 8, 12, 8, 8, 4, 4)
     weight = torch.randn(1, 8, 8, 8)
     results = []
     for fmt in (torch.contiguous_format, CL):
@@ -71,12 +65,11 @@ def _spy_on_the_op(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, bool]]:
         names = ("query", "key", "value", "offsets")
         call = {name: t.is_contiguous() for name, t in zip(names, tensors, strict=True)}
         calls.append(call)
-        out = dynamic_sample_attention(*tensors, **kwargs)
+        out = dispatch(*tensors, **kwargs)
         out.register_hook(lambda grad: call.__setitem__("grad_out", grad.is_contiguous()))
         return out
 
-    monkeypatch.setattr(ddsm_triton.spatial, "dynamic_sample_attention", spy)
-    monkeypatch.setattr(ddsm_triton.channel, "dynamic_sample_attention", spy)
+    replace_op(monkeypatch, spy)
     return calls
 
 
@@ -121,6 +114,7 @@ def _copies(layer: DDSM, memory_format: torch.memory_format, batch: int) -> _Cop
     return log
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("memory_format", FORMATS)
 def test_triton_path_copies_no_activation(memory_format: torch.memory_format) -> None:
     """Forward and backward on the Triton op: every tensor a kernel receives is

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._inductor import config as inductor_config
+from utils import BACKENDS
 
 from ddsm_triton import DDSM
 
-BACKENDS = ["reference", "torch", "triton"]
 # torch 2.11's inductor writes C++ that does not compile for the reference's CPU graph
 # (a vectorised transpose of an indirectly indexed load, pytorch/pytorch#193581); without
 # vectorisation it compiles and is still checked. torch 2.7 and 2.13 need no patch.

@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from _distributed import WORLD, batch, free_port, half_batch, process_group
 from torch.nn.parallel import DistributedDataParallel
+from utils import randomise_offsets
 
 from ddsm_triton import DDSM
 
@@ -22,10 +23,7 @@ BACKENDS = ["reference"]
 def _model(backend: str) -> torch.nn.Module:
     torch.manual_seed(0)
     layer = DDSM(4, 6, dim=4, groups=2, pool_size=2, backend=backend)
-    with torch.no_grad():
-        layer.spatial.offset.weight.normal_(0, 0.2)
-        layer.channel.offset.weight.normal_(0, 0.2)
-    return layer.double()
+    return randomise_offsets(layer).double()
 
 
 def _loss(model: torch.nn.Module, x_low, x_high, target) -> torch.Tensor:

@@ -15,6 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddsm_triton import dynamic_sample_attention
 
+pytestmark = pytest.mark.interpreter
+
 
 def _registered_ddsm_ops() -> list[str]:
     try:

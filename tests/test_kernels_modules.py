@@ -1,4 +1,4 @@
-"""DDSM on the Triton kernels equals DDSM on the reference (SPEC.md section 2).
+"""DDSM on the Triton kernels equals DDSM on the reference (docs/semantics.md §2).
 
 Both branches run the one fused op: the spatial branch with G heads and
 Dk = Dv = dim/G, the channel branch on the s x s channel grid with Dk = a*a and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import randomise_offsets
+from utils import randomise_offsets
 
 from ddsm_triton import DDSM
 

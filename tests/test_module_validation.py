@@ -1,4 +1,4 @@
-"""Module misuse gets a clear error naming the argument, or works (SPEC section 3).
+"""Module misuse gets a clear error naming the argument, or works (docs/semantics.md §3).
 
 Inputs of another dtype than the parameters (outside autocast), on another device,
 sparse inputs and a non-bool ``pos_embed``: each used to fail deep inside a
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from utils import features, replace_op
 
-import ddsm_triton.channel
-import ddsm_triton.spatial
 from ddsm_triton import DDSM, ChannelDynamicAffinity, SpatialDynamicAffinity
 
 MODULES = [
@@ -22,10 +21,7 @@ MODULES = [
 
 
 def _inputs(dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    return (
-        torch.randn(2, 16, 6, 5, dtype=dtype, device=device),
-        torch.randn(2, 8, 3, 3, dtype=dtype, device=device),
-    )
+    return features(2, 16, 8, 6, 5, 3, 3, dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -102,8 +98,7 @@ def test_modules_run_on_meta_tensors(monkeypatch):
         assert all(t.is_meta for t in (query, key, value, offsets))
         return torch.empty_like(value)
 
-    monkeypatch.setattr(ddsm_triton.spatial, "dynamic_sample_attention", op_stub)
-    monkeypatch.setattr(ddsm_triton.channel, "dynamic_sample_attention", op_stub)
+    replace_op(monkeypatch, op_stub)
     layer = DDSM(16, 8).to("meta")
     y = layer(*_inputs(device="meta"))
     assert y.is_meta and y.shape == (2, 16, 6, 5)

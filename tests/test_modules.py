@@ -1,4 +1,4 @@
-"""DDSM and its two branches on the reference backend (SPEC.md section 2)."""
+"""DDSM and its two branches on the reference backend (docs/semantics.md §2)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,31 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import randomise_offsets
+from utils import (
+    F64,
+    assert_close,
+    attention_inputs,
+    features,
+    literal_channel,
+    literal_ddsm,
+    literal_spatial,
+    randomise_offsets,
+    replace_op,
+)
 
+import ddsm_triton._backend
+import ddsm_triton.channel
+import ddsm_triton.ops
 import ddsm_triton.spatial
 from ddsm_triton import (
     DDSM,
     ChannelDynamicAffinity,
     SpatialDynamicAffinity,
+    dynamic_sample_attention,
     sine_position_embedding,
 )
 from ddsm_triton.layout import heads_to_rows, pixel_rows, rows_to_heads, rows_to_map, to_offsets
-
-F64 = torch.float64
-
-
-def features(B=2, Cl=16, Ch=12, H=10, W=9, h=5, w=4, dtype=torch.float32):
-    return torch.randn(B, Cl, H, W, dtype=dtype), torch.randn(B, Ch, h, w, dtype=dtype)
+from ddsm_triton.ops import dispatch
 
 
 @pytest.mark.parametrize(
@@ -66,13 +75,13 @@ def test_fresh_layer_samples_the_regular_window(monkeypatch):
 
     def spy(query, key, value, offsets, **kwargs):
         seen.append(offsets)
-        return ddsm_triton.reference.dynamic_sample_attention(
-            query, key, value, offsets, dilation=kwargs["dilation"]
-        )
+        return dispatch(query, key, value, offsets, **kwargs)
 
-    monkeypatch.setattr(ddsm_triton.spatial, "dynamic_sample_attention", spy)
-    layer.spatial(*features())
-    assert seen[0].shape == (2, 10, 9, 2, 9, 2) and seen[0].abs().max() == 0
+    replace_op(monkeypatch, spy)
+    layer(*features())
+    spatial, channel = seen
+    assert spatial.shape == (2, 10, 9, 2, 9, 2) and spatial.abs().max() == 0
+    assert channel.shape == (2, 4, 4, 1, 9, 2) and channel.abs().max() == 0
 
 
 def test_spatial_branch_composition_with_one_sample():
@@ -83,7 +92,7 @@ def test_spatial_branch_composition_with_one_sample():
     e_h = sine_position_embedding(12, 5, 4, dtype=F64, device=x_high.device)
     up = F.interpolate(x_high + e_h, size=(10, 9), mode="bilinear", align_corners=False)
     expected = layer.proj(layer.value(up))
-    torch.testing.assert_close(layer(x_low, x_high), expected, rtol=1e-12, atol=1e-12)
+    assert_close(layer(x_low, x_high), expected)
 
 
 def test_channel_branch_composition_with_one_sample():
@@ -95,7 +104,7 @@ def test_channel_branch_composition_with_one_sample():
     expected = F.interpolate(
         layer.proj(layer.value(pooled)), size=(10, 9), mode="bilinear", align_corners=False
     )
-    torch.testing.assert_close(layer(x_low, x_high), expected, rtol=1e-12, atol=1e-12)
+    assert_close(layer(x_low, x_high), expected)
 
 
 def test_ddsm_is_the_residual_sum_of_its_branches():
@@ -106,18 +115,24 @@ def test_ddsm_is_the_residual_sum_of_its_branches():
     torch.testing.assert_close(layer(x_low, x_high), expected, rtol=0, atol=0)
 
 
-def test_both_branches_change_the_output():
-    layer = DDSM(16, 12)
-    randomise_offsets(layer)
-    x_low, x_high = features()
-    assert layer.spatial(x_low, x_high).abs().mean() > 1e-3
-    assert layer.channel(x_low, x_high).abs().mean() > 1e-3
-
-
-def test_channel_branch_with_a_high_map_smaller_than_value_down():
-    layer = ChannelDynamicAffinity(16, 12, value_down=4)
-    y = layer(*features(h=1, w=3))
-    assert y.shape == (2, 16, 10, 9) and torch.isfinite(y).all()
+@pytest.mark.parametrize(
+    ("config", "high_size"),
+    [
+        pytest.param(dict(), (5, 4), id="defaults"),
+        pytest.param(dict(dim=16, groups=4, kernel_size=5, dilation=2), (5, 4), id="k5-dil2"),
+        pytest.param(dict(value_down=4), (1, 3), id="high-smaller-than-value-down"),
+    ],
+)
+def test_each_branch_equals_its_literal_composition(config, high_size):
+    """Each branch, called on its own, equals docs/semantics.md §2 written out with the
+    reference op (utils.literal_*), and contributes to the output."""
+    layer = randomise_offsets(DDSM(16, 12, **config)).double()
+    x_low, x_high = features(h=high_size[0], w=high_size[1], dtype=F64)
+    for branch, literal in ((layer.spatial, literal_spatial), (layer.channel, literal_channel)):
+        got, want = branch(x_low, x_high), literal(branch, x_low, x_high)
+        assert_close(got, want, msg=type(branch).__name__)
+        assert want.abs().mean() > 0.01 * x_low.abs().mean(), type(branch).__name__
+    assert_close(layer(x_low, x_high), literal_ddsm(layer, x_low, x_high), msg="DDSM")
 
 
 def test_empty_batch_returns_empty():
@@ -148,6 +163,51 @@ def test_backend_switch_reaches_both_branches():
     assert layer.spatial.backend == layer.channel.backend == "triton"
     with pytest.raises(ValueError, match="backend must be one of"):
         layer.backend = "cuda"
+
+
+@pytest.mark.parametrize("branch", [SpatialDynamicAffinity, ChannelDynamicAffinity])
+def test_a_branch_checks_its_backend_name_when_it_is_set(branch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        branch(16, 12, backend="gpu")
+    layer = branch(16, 12)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        layer.backend = "gpu"
+    assert layer.backend == "auto"
+
+
+def test_a_call_does_not_check_the_backend_name_again(monkeypatch):
+    """The name was checked when it was set; a forward call only resolves it."""
+    layer = DDSM(16, 12)
+
+    def fail(backend):
+        raise AssertionError(f"backend {backend!r} checked again during a call")
+
+    monkeypatch.setattr(ddsm_triton._backend, "check_backend", fail)
+    monkeypatch.setattr(ddsm_triton.ops, "check_backend", fail)
+    y = layer(*features())
+    assert y.shape == (2, 16, 10, 9)
+    with pytest.raises(AssertionError, match="checked again"):  # the op checks its own
+        dynamic_sample_attention(*attention_inputs(), backend="torch")
+
+
+def test_ddsm_checks_its_inputs_once(monkeypatch):
+    """DDSM checks (x_low, x_high) once for both branches; a branch on its own checks."""
+    calls = []
+    check = ddsm_triton.spatial.check_feature_maps
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(ddsm_triton.spatial, "check_feature_maps", counting)
+    monkeypatch.setattr(ddsm_triton.channel, "check_feature_maps", counting)
+    layer = DDSM(16, 12)
+    x_low, x_high = features()
+    layer(x_low, x_high)
+    assert len(calls) == 1
+    layer.channel(x_low, x_high)
+    layer.spatial(x_low, x_high)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError/TypeError naming the argument (SPEC.md section 3)."""
+"""Bad input raises ValueError/TypeError naming the argument (docs/semantics.md §3)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from utils import BACKENDS, attention_inputs
 
 from ddsm_triton import (
     DDSM,
@@ -16,13 +17,10 @@ from ddsm_triton import (
 from ddsm_triton.ops import resolve_backend
 
 
-def inputs(B=1, H=3, W=4, G=2, Dk=4, Dv=5, N=9, dtype=torch.float32):
-    return dict(
-        query=torch.randn(B, H, W, G, Dk, dtype=dtype),
-        key=torch.randn(B, H, W, G, Dk, dtype=dtype),
-        value=torch.randn(B, H, W, G, Dv, dtype=dtype),
-        offsets=torch.randn(B, H, W, G, N, 2, dtype=dtype),
-    )
+def inputs(dtype: torch.dtype = torch.float32, **shape: int) -> dict[str, torch.Tensor]:
+    """The op's arguments by name (shape: ``attention_inputs``'s, default (1, 3, 4, 2))."""
+    tensors = attention_inputs(**shape, dtype=dtype)
+    return dict(zip(("query", "key", "value", "offsets"), tensors, strict=True))
 
 
 def replaced(**changes):
@@ -101,7 +99,7 @@ BAD_OP_INPUTS = [
     ),
 ]
 
-OP_BACKENDS = ["reference", "torch", "triton"]
+OP_BACKENDS = BACKENDS
 
 
 @pytest.mark.parametrize("backend", OP_BACKENDS)
@@ -201,8 +199,8 @@ def test_float64_inputs_take_a_scale_beyond_float32():
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_huge_scale_stays_finite_and_matches_float64(backend, dtype):
-    """scale=1e38 overflows float32 logits; clamped to the finite range (SPEC's
-    lead decision), the softmax still picks the largest logit, as float64 does
+    """scale=1e38 overflows float32 logits; clamped to the finite range
+    (docs/semantics.md §1.2, step 6), the softmax still picks the largest logit, as float64 does
     where nothing overflows. Without the clamp the hot logit is inf and the
     softmax NaN. Zero offsets sample whole pixels, so the one hot key pixel gives
     each window one overflowing logit, never a tie of clamped ones."""
@@ -259,6 +257,8 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         resolve_backend("triton", torch.device("cpu"))
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("bogus", torch.device("cpu"))
 
 
 def test_triton_device_rules_follow_the_interpreter(monkeypatch):
