@@ -5,10 +5,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # CI pins these (ruff too: its formatting changes between releases); the package
-# itself supports torch >= 2.6 and triton >= 3.3.
+# itself supports torch >= 2.8 and triton >= 3.4 (pyproject.toml), which test-compat checks.
 PINS   := torch==2.13.0 triton==3.9.0 ruff==0.17.6
+# The package's extras every venv here installs (test-compat's too).
+EXTRAS := dev,deploy
 
-.PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run
+.PHONY: setup test lint format bench bench-full demo clean gpu-check test-cuda-dry-run \
+	test-compat test-compat-oldest test-compat-gpu compat-venvs
 
 setup: $(STAMP)
 
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PINS)
-	$(PY) -m pip install --quiet -e '.[dev,deploy]' $(PINS)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' $(PINS)
 	touch $(STAMP)
 
 # The Triton kernels run on CPU tensors through the interpreter here. The second run
@@ -64,5 +67,54 @@ gpu-check:
 test-cuda-dry-run: $(STAMP)
 	DDSM_CUDA_DRY_RUN=1 $(PY) -m pytest -q -m cuda -p no:cacheprovider
 
+# Compat job: two more version pairs, each in its own venv under .venv-compat/ (CUDA
+# builds of torch from the registry, a few GB each; they run on CPU). numpy < 2.4: the
+# interpreter of triton < 3.7 fails with newer numpy (ddsm_triton._backend says so).
+#   oldest: the floors of pyproject.toml. The reference, grid_sample, module and compile
+#           tests, and the interpreted kernels at their tiny shapes (a subset, for time).
+#   gpu:    the GPU machine's pair. The whole suite, and the static kernel report.
+COMPAT        := .venv-compat
+OLDEST_PAIR   := torch==2.8.0 triton==3.4.0
+GPU_PAIR      := torch==2.11.0 triton==3.6.0
+OLDEST_VENV   := $(COMPAT)/torch2.8-triton3.4
+GPU_VENV      := $(COMPAT)/torch2.11-triton3.6
+# By pattern, so that split or renamed test files stay in; the kernel report is left to
+# the GPU pair (it is per triton version).
+OLDEST_TESTS  := $(filter-out tests/test_kernels_report.py,$(wildcard \
+	tests/test_reference*.py tests/test_torch_backend*.py tests/test_module*.py \
+	tests/test_validation*.py tests/test_interpreter*.py tests/test_integration_compile*.py \
+	tests/test_kernels_*.py))
+VERSIONS      := import numpy, torch, triton; \
+	print(f'torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}')
+
+# $(call compat_venv,DIR,PINS): DIR holds a venv with PINS, numpy < 2.4 and this package.
+define compat_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' $(2) 'numpy<2.4'
+	touch $(1)/.installed-stamp
+endef
+
+$(OLDEST_VENV)/.installed-stamp: pyproject.toml Makefile
+	$(call compat_venv,$(OLDEST_VENV),$(OLDEST_PAIR))
+
+$(GPU_VENV)/.installed-stamp: pyproject.toml Makefile
+	$(call compat_venv,$(GPU_VENV),$(GPU_PAIR))
+
+# Both venvs (downloads, mostly): .ci/run builds them while the main suite runs.
+compat-venvs: $(OLDEST_VENV)/.installed-stamp $(GPU_VENV)/.installed-stamp
+
+test-compat: test-compat-oldest test-compat-gpu
+
+test-compat-oldest: $(OLDEST_VENV)/.installed-stamp
+	$(OLDEST_VENV)/bin/python -c "$(VERSIONS)"
+	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors --durations=5 $(OLDEST_TESTS)
+
+test-compat-gpu: $(GPU_VENV)/.installed-stamp
+	$(GPU_VENV)/bin/python -c "$(VERSIONS)"
+	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 90
+	$(GPU_VENV)/bin/python -m ddsm_triton.bench.kernel_report --arch 80
+	TRITON_INTERPRET=1 $(GPU_VENV)/bin/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors --durations=5
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(COMPAT) build *.egg-info .pytest_cache .ruff_cache .hypothesis

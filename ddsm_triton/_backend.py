@@ -8,12 +8,19 @@ A backend name is checked once, where it is set (the op's argument, a module's
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
 from ddsm_triton._validation import check_backend
 
-__all__ = ["BackendAttribute", "interpreting", "resolve_backend", "resolve_checked"]
+__all__ = [
+    "BackendAttribute",
+    "check_interpreter_numpy",
+    "interpreting",
+    "resolve_backend",
+    "resolve_checked",
+]
 
 
 def interpreting() -> bool:
@@ -24,6 +31,31 @@ def interpreting() -> bool:
     the library changes it afterwards.
     """
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_interpreter_numpy() -> None:
+    """Raise if the Triton interpreter is on and cannot run with the installed NumPy.
+
+    Before triton 3.7 the interpreter calls ``int()`` on one-element arrays, which
+    NumPy 2.4 rejects (triton-lang/triton#9171): every kernel with a runtime loop bound
+    would fail deep inside Triton. Called when ``ddsm_triton.kernels`` is imported.
+    """
+    if not interpreting():
+        return
+    import numpy
+    import triton
+
+    def major_minor(version: str) -> tuple[int, int]:
+        major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+        return int(major), int(minor)
+
+    if major_minor(triton.__version__) < (3, 7) and major_minor(numpy.__version__) >= (2, 4):
+        raise RuntimeError(
+            f"TRITON_INTERPRET=1: the Triton interpreter of triton {triton.__version__} "
+            f"cannot run with numpy {numpy.__version__} (it needs numpy < 2.4 before "
+            "triton 3.7). Install 'numpy<2.4' or triton >= 3.7, or unset TRITON_INTERPRET "
+            "and run the kernels on a GPU."
+        )
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast_off", "clamp_to_finite", "compute_dtype"]
+__all__ = ["autocast_available", "autocast_off", "clamp_to_finite", "compute_dtype"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -18,10 +18,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# The answer depends on the device type alone and never changes in a process, so
+# torch.compile may take it as a constant, computed once when it traces the call:
+# dynamo before torch 2.13 cannot trace the C function behind
+# torch.amp.is_autocast_available (fullgraph compile fails on torch 2.7 and 2.11).
+# This keeps the exact answer both in eager mode and compiled, where a list of known
+# device types would have to follow torch's.
+@torch.compiler.assume_constant_result
+def autocast_available(device_type: str) -> bool:
+    """Whether ``torch.autocast`` accepts ``device_type`` (it rejects some, e.g. "meta",
+    even to disable it)."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Switch autocast off on ``device``'s type, where that type has autocast at all
-    (``torch.autocast`` rejects some, e.g. "meta", even to disable it)."""
-    if not torch.amp.is_autocast_available(device.type):
+    """Switch autocast off on ``device``'s type, where that type has autocast at all."""
+    if not autocast_available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddsm_triton._numerics import compute_dtype
+from ddsm_triton._numerics import autocast_available, compute_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "reference", "torch", "triton")
@@ -135,6 +135,53 @@ def check_dilation(dilation: object, kernel_size: int, height: int, width: int) 
     return dilation  # type: ignore[return-value]
 
 
+#: pool_size a gives Dk = a*a key channels per channel-grid cell, and the Triton kernels
+#: hold a cell's whole key in one block: Triton's largest block is 2**20 elements
+#: (TRITON_MAX_TENSOR_NUMEL), so a <= 2**10. A 1024 x 1024 descriptor already needs maps
+#: of side >= 1024 (a 4096-pixel image at stride 4) to hold more than repeated pixels.
+MAX_POOL_SIZE = 2**10
+
+
+def check_channel_sizes(
+    pool_size: object, channel_kernel_size: object, value_down: object, side: int
+) -> None:
+    """The channel branch's sizes, for an s x s channel grid (``side`` = s): positive
+    ints within these bounds, checked before any parameter is allocated (the offset
+    convolution alone has 18 * kc**2 * a**2 weights).
+
+    * ``pool_size`` a <= ``MAX_POOL_SIZE`` (above).
+    * ``channel_kernel_size`` kc <= 2s + 1: a sample two or more cells off the grid has
+      all four corners outside it, so it samples zero and its offset gets zero gradient;
+      the rings of a wider window start there for every channel, and stay there.
+    * ``value_down`` < 2**24: a factor beyond the map's side pools it to 1 x 1
+      (docs/semantics.md §2.3), which is defined for any input, so there is no
+      bound on the input at forward; no feature map has a side of 2**24 (x_low's cannot:
+      its sample positions must stay below ``POSITION_LIMIT``), so a larger factor is a
+      mistake.
+    """
+    check_positive_int("pool_size", pool_size)
+    check_positive_int("channel_kernel_size", channel_kernel_size)
+    check_positive_int("value_down", value_down)
+    bounds = (
+        (
+            "pool_size",
+            pool_size,
+            MAX_POOL_SIZE,
+            "2**10: Dk = pool_size**2 must fit one Triton block of 2**20",
+        ),
+        (
+            "channel_kernel_size",
+            channel_kernel_size,
+            2 * side + 1,
+            f"2*s + 1 for the {side}x{side} channel grid (s = sqrt(dim)); wider rings never reach it",
+        ),
+        ("value_down", value_down, POSITION_LIMIT - 1, "2**24 - 1, beyond any feature map's side"),
+    )
+    for name, value, largest, why in bounds:
+        if value > largest:
+            raise ValueError(f"{name} must be <= {largest} ({why}), got {value}")
+
+
 def check_scale(scale: object, dtype: torch.dtype) -> float:
     """A finite real number that is finite in the op's compute dtype too.
 
@@ -189,7 +236,7 @@ def autocast_enabled(device: torch.device) -> bool:
     """Whether ``torch.autocast`` is on for ``device``'s type (never, for types such
     as meta that autocast does not know)."""
     kind = device.type
-    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+    return autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ddsm_triton._backend import BackendAttribute
 from ddsm_triton._validation import (
+    check_channel_sizes,
     check_feature_maps,
     check_odd_square,
     check_positive_int,
@@ -66,7 +67,7 @@ class ChannelDynamicAffinity(BackendAttribute, nn.Module):
             raise ValueError(
                 f"dim must be a perfect square s*s for the channel branch, got {dim}{hint}"
             )
-        check_positive_int("channel_kernel_size", channel_kernel_size)
+        check_channel_sizes(pool_size, channel_kernel_size, value_down, side)
         self.num_samples = channel_kernel_size * channel_kernel_size
         check_odd_square("channel_kernel_size**2", self.num_samples)
         self.low_channels, self.high_channels, self.dim, self.side = (
@@ -75,9 +76,9 @@ class ChannelDynamicAffinity(BackendAttribute, nn.Module):
             dim,
             side,
         )
-        self.pool_size = check_positive_int("pool_size", pool_size)
+        self.pool_size = pool_size
         self.channel_kernel_size = channel_kernel_size
-        self.value_down = check_positive_int("value_down", value_down)
+        self.value_down = value_down
         self.backend = backend
 
         descriptor = pool_size * pool_size

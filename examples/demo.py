@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from ddsm_triton import DDSM
+from ddsm_triton import DDSM, resolve_backend
 
 
 def main() -> None:
@@ -18,8 +18,9 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     params = sum(p.numel() for p in layer.parameters())
     print(f"DDSM {tuple(x_low.shape)} + {tuple(x_high.shape)} -> {tuple(y.shape)}")
-    print(f"parameters: {params:,}; backend: {layer.backend} on {y.device}")
-    print(f"forward + backward: {elapsed * 1e3:.1f} ms (reference backend, CPU)")
+    ran = resolve_backend(layer.backend, y.device)  # what "auto" became on this device
+    print(f"parameters: {params:,}; backend: {layer.backend!r} ran as {ran!r} on {y.device}")
+    print(f"forward + backward: {elapsed * 1e3:.1f} ms ({ran} backend, {y.device})")
 
 
 if __name__ == "__main__":

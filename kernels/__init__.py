@@ -6,6 +6,8 @@ and ``ddsm::dsa_backward`` custom ops. Set ``TRITON_INTERPRET=1`` before importi
 to run the kernels on CPU tensors.
 """
 
+from ddsm_triton._backend import check_interpreter_numpy
+
 from .dynamic_sample_attention import (
     CONFIGS,
     INTERPRETER_CONFIGS,
@@ -25,3 +27,5 @@ __all__ = [
     "first_call_launches",
     "launch_plan",
 ]
+
+check_interpreter_numpy()  # a clear error, not a TypeError deep in Triton at the first launch

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._inductor import config as inductor_config
 from utils import BACKENDS
 
 from ddsm_triton import DDSM
+
+# torch 2.11's inductor writes C++ that does not compile for the reference's CPU graph
+# (a vectorised transpose of an indirectly indexed load, pytorch/pytorch#193581); without
+# vectorisation it compiles and is still checked. torch 2.7 and 2.13 need no patch.
+TORCH_MINOR = tuple(int(p) for p in torch.__version__.split(".")[:2])
+INDUCTOR_PATCH = {"reference": {"cpp.simdlen": 0}} if TORCH_MINOR == (2, 11) else {}
 
 
 def _run(module: torch.nn.Module, x_low: torch.Tensor, x_high: torch.Tensor, weight: torch.Tensor):
@@ -39,7 +46,8 @@ def test_compiled_ddsm_matches_eager_output_and_every_gradient(backend: str) -> 
 
     y, grads, g_low, g_high = _run(layer, x_low, x_high, weight)
     compiled = torch.compile(layer, fullgraph=True)
-    yc, grads_c, g_low_c, g_high_c = _run(compiled, x_low, x_high, weight)
+    with inductor_config.patch(INDUCTOR_PATCH.get(backend, {})):  # compiles lazily
+        yc, grads_c, g_low_c, g_high_c = _run(compiled, x_low, x_high, weight)
 
     torch.testing.assert_close(yc, y, rtol=1e-5, atol=1e-5)
     assert grads_c.keys() == grads.keys()
