@@ -80,10 +80,10 @@ OLDEST_VENV   := $(COMPAT)/torch2.8-triton3.4
 GPU_VENV      := $(COMPAT)/torch2.11-triton3.6
 # By pattern, so that split or renamed test files stay in; the kernel report is left to
 # the GPU pair (it is per triton version).
-OLDEST_TESTS  := $(filter-out tests/test_kernels_report.py,$(wildcard \
+OLDEST_TESTS  := $(wildcard \
 	tests/test_reference*.py tests/test_torch_backend*.py tests/test_module*.py \
 	tests/test_validation*.py tests/test_interpreter*.py tests/test_integration_compile*.py \
-	tests/test_kernels_*.py))
+	tests/test_kernels_*.py)
 VERSIONS      := import numpy, torch, triton; \
 	print(f'torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}')
 
