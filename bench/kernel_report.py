@@ -13,11 +13,16 @@ body counts once. Under the interpreter :func:`kernel_report` re-runs in a subpr
 ``--first-call`` compiles nothing: per distinct autotuner key in the launch plan of one
 forward and backward of the default layer (``first_call_launches``), the configs its
 pruner keeps; on a GPU each is compiled once, then cached.
+
+In ``make bench`` (:func:`bench_hook`) the report goes into kernel_report.json, reused while
+the kernel sources and Triton are unchanged (compiling every configuration takes minutes on
+a small CPU), kernel_report.md, and CSV rows; a failure becomes a message, not a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -29,7 +34,8 @@ from pathlib import Path
 
 from ddsm_triton._backend import interpreting
 
-__all__ = ["DTYPES", "config_label", "first_call", "format_table", "kernel_report"]
+__all__ = ["DTYPES", "bench_hook", "config_label", "first_call", "format_table", "kernel_report"]
+__all__ += ["json_subprocess"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 _CHANNEL_ARGS = frozenset({"DK", "DV", "D"})  # specialised as multiples of 16
@@ -43,9 +49,10 @@ _COLUMNS = {  # report key: table header
     **dict(registers="regs", spill_bytes="spill", shared_bytes="smem", warps_per_sm="warps/SM"),
     **dict(bar_sync="BAR.SYNC", loads="LDG bits:count", reductions="RED+ATOM", shuffles="SHFL"),
 }
-
-
 _FIRST_CALL = {"kernel": "launch", "key": "autotuner key", "configs": "configs compiled"}
+#: The numeric fields of a report row that ``make bench`` puts into the CSV.
+CSV_METRICS = ("registers", "spill_bytes", "shared_bytes", "warps_per_sm", "bar_sync")
+CSV_METRICS += ("widest_load_bits", "reductions", "shuffles")
 
 
 def config_label(config) -> str:
@@ -163,15 +170,20 @@ def kernel_report(arch: int, *, workers: int | None = None) -> list[dict]:
     per (kernel, config, widths, dtype) with the keys of ``_COLUMNS``, ``arch`` and
     ``widest_load_bits``. Needs no GPU."""
     if interpreting():
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        command = [sys.executable, "-m", "ddsm_triton.bench.kernel_report", "--json"]
-        done = subprocess.run(
-            [*command, "--arch", str(arch)], env=env, check=True, capture_output=True, text=True
-        )
-        return json.loads(done.stdout)
+        return json_subprocess("kernel_report", ["--arch", str(arch)], interpret=False)
     jobs = _jobs(arch)
     with ProcessPoolExecutor(max_workers=workers or min(len(jobs), os.cpu_count() or 1)) as pool:
         return list(pool.map(_compile_one, jobs))
+
+
+def json_subprocess(module: str, args: list[str], *, interpret: bool):
+    """The JSON that ``python -m ddsm_triton.bench.<module> --json <args>`` prints, run with
+    the Triton interpreter on or off (it is read once, when the kernels are imported)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env |= {"TRITON_INTERPRET": "1"} if interpret else {}
+    command = [sys.executable, "-m", f"{__package__}.{module}", "--json", *args]
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
 
 
 def first_call(dtype_name: str) -> list[dict]:
@@ -182,24 +194,68 @@ def first_call(dtype_name: str) -> list[dict]:
 
     from ddsm_triton.kernels import first_call_launches
 
-    rows, seen = [], set()
+    rows = {}
     for launch in first_call_launches(getattr(torch, dtype_name)):
-        if (launch.variant, launch.key) not in seen:
-            seen.add((launch.variant, launch.key))
-            labels = [config_label(c) for c in launch.configs]
-            rows.append({"kernel": launch.variant, "key": str(launch.key), "configs": labels})
-    return rows
+        labels = [config_label(c) for c in launch.configs]
+        row = {"kernel": launch.variant, "key": str(launch.key), "configs": labels}
+        rows.setdefault((launch.variant, launch.key), row)
+    return list(rows.values())
 
 
 def format_table(rows: list[dict], columns: dict[str, str] = _COLUMNS) -> str:
-    """Fixed-width table of report rows (the keys of ``columns`` that rows have)."""
+    """Fixed-width table of report rows (the keys of ``columns`` that rows have), numbers
+    to three places."""
     keys = [k for k in columns if any(k in r for r in rows)]
-    cells = [[str(r.get(k, "")) for k in keys] for r in rows]
+    values = [[r.get(k, "") for k in keys] for r in rows]
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in values]
     widths = [max(len(columns[k]), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     lines = ["  ".join(columns[k].ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def fingerprint() -> str:
+    """Hash of what the report depends on: kernel sources, this module, Triton."""
+    import triton
+
+    import ddsm_triton.kernels as kernels
+
+    digest = hashlib.sha256(triton.__version__.encode() + Path(__file__).read_bytes())
+    for source in sorted(Path(kernels.__file__).parent.rglob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def bench_hook(out_dir: Path, rec, arch: int = 90) -> None:
+    """``make bench``: kernel_report.json (entries, or why there are none; reused while its
+    fingerprint holds), kernel_report.md, a CSV row per kernel and metric of CSV_METRICS,
+    and an "info" row with the message."""
+    path, current = Path(out_dir) / "kernel_report.json", fingerprint()
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    made_here = {"arch": arch, "fingerprint": current}
+    if previous.get("available") and made_here.items() <= previous.items():
+        entries, how = previous["kernels"], f"reused ({current})"
+    else:
+        try:
+            entries, how = kernel_report(arch), "compiled"
+        except Exception as err:  # a broken report must not lose the benchmark's results
+            entries, how = None, f"failed ({type(err).__name__}: {err})"
+    count = "" if entries is None else f"{len(entries)} kernel configurations "
+    message = f"sm_{arch}: {count}{how}"
+    payload = {"arch": arch, "available": entries is not None, "message": message}
+    payload |= {"fingerprint": current, "kernels": entries or []}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    for entry in entries or []:
+        where = {"config": f"kernel:{entry['kernel']} {entry['config']}", "dtype": entry["dtype"]}
+        for metric in CSV_METRICS:
+            rec.add(None, "triton", metric, entry[metric], f"static, sm_{arch}", **where)
+    if entries:
+        (path.parent / "kernel_report.md").write_text(format_table(entries) + "\n")
+    rec.add(None, "triton", "info", note=f"kernel report: {message}", config="kernels")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,13 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.first_call:
         report = {d: first_call(d) for d in ("bfloat16", "float32")}
-        for dtype, rows in ({} if args.json else report).items():
-            total = sum(len(r["configs"]) for r in rows)
-            print(f"{dtype}: {total} compiles\n{format_table(rows, _FIRST_CALL)}\n")
-        print(json.dumps(report, indent=1) if args.json else "", end="")
-        return
-    rows = kernel_report(args.arch, workers=args.workers)
-    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        text = "\n\n".join(
+            f"{dtype}: {sum(len(r['configs']) for r in rows)} compiles\n"
+            + format_table(rows, _FIRST_CALL)
+            for dtype, rows in report.items()
+        )
+    else:
+        report = kernel_report(args.arch, workers=args.workers)
+        text = format_table(report)
+    print(json.dumps(report, indent=1) if args.json else text)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,13 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
-import sys
 from collections import defaultdict, namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 
 from ddsm_triton._backend import interpreting
 
-from .kernel_report import config_label
-from .kernel_report import format_table as table
+from .kernel_report import config_label, format_table, json_subprocess
 
 __all__ = ["SWEEP", "Shape", "bench_hook", "count_traffic", "measure_shape", "traffic_report"]
 
@@ -172,14 +169,8 @@ def traffic_report(
     if not interpreting():
         if shapes != SWEEP:
             raise ValueError("custom shapes need the kernels interpreted in this process")
-        command = [sys.executable, "-m", "ddsm_triton.bench.traffic", "--json"]
-        command += ["--dtype", dtype_name] + (
-            [] if max_rows is None else ["--max-rows", str(max_rows)]
-        )
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        return json.loads(
-            subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-        )
+        rows = [] if max_rows is None else ["--max-rows", str(max_rows)]
+        return json_subprocess("traffic", ["--dtype", dtype_name, *rows], interpret=True)
     return [row for shape in shapes for row in measure_shape(shape, dtype_name, max_rows)]
 
 
@@ -187,14 +178,6 @@ _COLUMNS = {"shape": "shape", "config": "config", "forward_bytes_per_cell": "fwd
 _COLUMNS |= {"forward_x_exact": "fwd x exact", "backward_load_bytes_per_cell": "bwd load B/cell"}
 _COLUMNS |= {"backward_loads_x_exact": "bwd loads x exact", "backward_atomics_exact": "1 atomic"}
 _COLUMNS |= {"in_bounds_corner_fraction": "in-bounds corners"}
-
-
-def format_table(rows: list[dict]) -> str:
-    """Fixed-width table of :func:`traffic_report` rows, numbers to three places."""
-    return table(
-        [{k: f"{v:.3f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows],
-        _COLUMNS,
-    )
 
 
 def bench_hook(out_dir, max_rows: int | None = None) -> None:
@@ -208,7 +191,7 @@ def bench_hook(out_dir, max_rows: int | None = None) -> None:
     else:
         (out_dir / "traffic.json").write_text(json.dumps(rows, indent=1) + "\n")
         text = "Bytes per cell the kernels request (interpreter, GPU configs):\n\n"
-        text += format_table(rows)
+        text += format_table(rows, _COLUMNS)
     (out_dir / "traffic.md").write_text(text + "\n")
     print(text)
 
@@ -220,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rows", type=int, default=None, help="config rows per shape")
     args = parser.parse_args(argv)
     rows = traffic_report(dtype_name=args.dtype, max_rows=args.max_rows)
-    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows, _COLUMNS))
 
 
 if __name__ == "__main__":
