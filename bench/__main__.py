@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import report
+from . import kernel_report, report, traffic
 from .cases import KINDS, build, plan
 from .measure import Budget, Run
 from .records import Recorder, results_dir
@@ -69,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             profile_table([c for c, _ in cases], device, out)
             (out / "autotune.txt").write_text(autotune_choices())
         elif args.static:  # the sm_90 kernel report, the traffic meter
-            from . import kernel_report, traffic
-
             kernel_report.bench_hook(out, rec)
             traffic.bench_hook(out, max_rows=None if mode == "full" else 1)
     finally:

@@ -14,9 +14,8 @@ body counts once. Under the interpreter :func:`kernel_report` re-runs in a subpr
 forward and backward of the default layer (``first_call_launches``), the configs its
 pruner keeps; on a GPU each is compiled once, then cached.
 
-In ``make bench`` (:func:`bench_hook`) the report goes into kernel_report.json, reused while
-the kernel sources and Triton are unchanged (compiling every configuration takes minutes on
-a small CPU), kernel_report.md, and CSV rows; a failure becomes a message, not a crash.
+``make bench`` calls :func:`bench_hook`: kernel_report.json is reused while the kernel sources
+and Triton are unchanged (compiling every configuration takes minutes on a small CPU).
 """
 
 from __future__ import annotations
@@ -29,13 +28,11 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ddsm_triton._backend import interpreting
-
-__all__ = ["DTYPES", "bench_hook", "config_label", "first_call", "format_table", "kernel_report"]
-__all__ += ["json_subprocess"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 _CHANNEL_ARGS = frozenset({"DK", "DV", "D"})  # specialised as multiples of 16
@@ -44,11 +41,12 @@ _TRITON_TYPES |= {"int32": "i32", "int64": "i64"}
 # Per SM: 32-bit registers, warps, blocks, shared memory bytes (with the 1 KiB per
 # block the driver reserves), by compute capability.
 _SM = {80: (65536, 64, 32, 164 * 1024), 90: (65536, 64, 32, 228 * 1024)}
-_COLUMNS = {  # report key: table header
-    **dict(kernel="kernel", config="config", widths="widths", dtype="dtype"),
-    **dict(registers="regs", spill_bytes="spill", shared_bytes="smem", warps_per_sm="warps/SM"),
-    **dict(bar_sync="BAR.SYNC", loads="LDG bits:count", reductions="RED+ATOM", shuffles="SHFL"),
-}
+# report key: table header
+_COLUMNS = dict(kernel="kernel", config="config", widths="widths", dtype="dtype", registers="regs")
+_COLUMNS |= dict(spill_bytes="spill", shared_bytes="smem", warps_per_sm="warps/SM")
+_COLUMNS |= dict(
+    bar_sync="BAR.SYNC", loads="LDG bits:count", reductions="RED+ATOM", shuffles="SHFL"
+)
 _FIRST_CALL = {"kernel": "launch", "key": "autotuner key", "configs": "configs compiled"}
 #: The numeric fields of a report row that ``make bench`` puts into the CSV.
 CSV_METRICS = ("registers", "spill_bytes", "shared_bytes", "warps_per_sm", "bar_sync")
@@ -59,20 +57,6 @@ def config_label(config) -> str:
     blocks = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
     regs = f",maxnreg={config.maxnreg}" if getattr(config, "maxnreg", None) else ""
     return f"{blocks},warps={config.num_warps}{regs}"
-
-
-def _jobs(arch: int) -> list[tuple[int, int, int, str, int]]:
-    import torch
-
-    from ddsm_triton.kernels import KERNEL_VARIANTS
-
-    return [
-        (v, c, w, dtype, arch)
-        for v, variant in enumerate(KERNEL_VARIANTS)
-        for w in range(len(variant.widths))
-        for dtype in DTYPES
-        for c in range(len(variant.configs(getattr(torch, dtype), variant.widths[w])))
-    ]
 
 
 def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
@@ -93,15 +77,11 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
     pointers = variant.pointer_dtypes(dtype)
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = "*" + _TRITON_TYPES[str(pointers[name]).removeprefix("torch.")]
+        ptr = pointers.get(name)
+        ty = "i32" if ptr is None else "*" + _TRITON_TYPES[str(ptr).removeprefix("torch.")]
+        signature[name] = "constexpr" if name in constexprs else ty
+        if name not in constexprs and (ptr is not None or name in _CHANNEL_ARGS):
             attrs[(index,)] = [["tt.divisibility", 16]]
-        else:
-            signature[name] = "i32"
-            if name in _CHANNEL_ARGS:
-                attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     if getattr(config, "maxnreg", None):
@@ -122,16 +102,13 @@ def sass_stats(cubin: bytes, arch: int, num_warps: int) -> dict:
             subprocess.run([tool, flag, path], check=True, capture_output=True, text=True).stdout
             for flag in ("--dump-resource-usage", "--dump-sass")
         )
-
-    def field(name: str) -> int:
-        match = re.search(rf"\b{name}:(\d+)", usage)
-        return int(match.group(1)) if match else 0
-
-    regs, shared = field("REG"), field("SHARED")
+    # "REG:40 STACK:0 SHARED:0 LOCAL:0 ..."; a field it leaves out is 0
+    field = defaultdict(int, {k: int(v) for k, v in re.findall(r"\b([A-Z]+):(\d+)", usage)})
+    regs, shared = field["REG"], field["SHARED"]
     loads = load_widths(sass)
     return {
         "registers": regs,
-        "spill_bytes": field("STACK") + field("LOCAL"),
+        "spill_bytes": field["STACK"] + field["LOCAL"],
         "shared_bytes": shared,
         "warps_per_sm": resident_warps(regs, shared, num_warps, arch),
         "bar_sync": len(re.findall(r"\bBAR\.SYNC", sass)),
@@ -171,7 +148,17 @@ def kernel_report(arch: int, *, workers: int | None = None) -> list[dict]:
     ``widest_load_bits``. Needs no GPU."""
     if interpreting():
         return json_subprocess("kernel_report", ["--arch", str(arch)], interpret=False)
-    jobs = _jobs(arch)
+    import torch
+
+    from ddsm_triton.kernels import KERNEL_VARIANTS
+
+    jobs = [  # indices: a worker process looks its variant and config up again
+        (v, c, w, dtype, arch)
+        for v, variant in enumerate(KERNEL_VARIANTS)
+        for w, widths in enumerate(variant.widths)
+        for dtype in DTYPES
+        for c in range(len(variant.configs(getattr(torch, dtype), widths)))
+    ]
     with ProcessPoolExecutor(max_workers=workers or min(len(jobs), os.cpu_count() or 1)) as pool:
         return list(pool.map(_compile_one, jobs))
 

@@ -24,13 +24,11 @@ import os
 from collections import defaultdict, namedtuple
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 from ddsm_triton._backend import interpreting
 
 from .kernel_report import config_label, format_table, json_subprocess
-
-__all__ = ["SWEEP", "Shape", "bench_hook", "count_traffic", "measure_shape", "traffic_report"]
-
 
 # One op shape: a (B, H, W) grid of cells, G heads, widths, N = k*k samples.
 Shape = namedtuple("Shape", "name B H W G DK DV k dilation", defaults=(1,))
@@ -62,12 +60,8 @@ def count_traffic() -> Iterator[dict[str, int]]:
     def wrap(original, kind: str, ptr_at: int, mask_at: int | None):
         def counted(self, *args, **kwargs):
             if depth[0] == 0:
-                ptr, mask = args[ptr_at], None if mask_at is None else args[mask_at]
-                n = (
-                    ptr.data.size
-                    if mask is None
-                    else np.broadcast_to(mask.data, ptr.data.shape).sum()
-                )
+                ptr, mask = args[ptr_at], True if mask_at is None else args[mask_at].data
+                n = np.broadcast_to(mask, ptr.data.shape).sum()
                 traffic[kind] += int(n) * (ptr.get_element_ty().primitive_bitwidth // 8)
                 traffic["atomic elements"] += int(n) if kind == "atomic" else 0
             depth[0] += 1
@@ -78,14 +72,9 @@ def count_traffic() -> Iterator[dict[str, int]]:
 
         return counted
 
-    originals = {name: getattr(InterpreterBuilder, name) for name, *_ in _OPS}
-    try:
-        for name, kind, ptr_at, mask_at in _OPS:
-            setattr(InterpreterBuilder, name, wrap(originals[name], kind, ptr_at, mask_at))
+    patches = {name: wrap(getattr(InterpreterBuilder, name), *how) for name, *how in _OPS}
+    with mock.patch.multiple(InterpreterBuilder, **patches):  # restored on exit
         yield traffic
-    finally:
-        for name, original in originals.items():
-            setattr(InterpreterBuilder, name, original)
 
 
 def in_bounds_corners(offsets, dilation: int) -> int:
