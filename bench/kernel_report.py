@@ -73,8 +73,7 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
     widths = variant.widths[w]
     config = variant.configs(dtype, widths)[c]
     fn = variant.jit_function
-    constexprs = variant.constexprs(config, widths, dtype)
-    pointers = variant.pointer_dtypes(dtype)
+    constexprs, pointers = variant.constexprs(config, widths, dtype), variant.pointer_dtypes(dtype)
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
         ptr = pointers.get(name)
@@ -83,9 +82,7 @@ def _compile_one(job: tuple[int, int, int, str, int]) -> dict:
         if name not in constexprs and (ptr is not None or name in _CHANNEL_ARGS):
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    if getattr(config, "maxnreg", None):
-        options["maxnreg"] = config.maxnreg
+    options = {k: getattr(config, k, None) for k in ("num_warps", "num_stages", "maxnreg")}
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     row = {"kernel": variant.name, "config": config_label(config), "dtype": dtype_name}
     row["widths"] = ",".join(f"{k}={n}" for k, n in widths.items())

@@ -84,11 +84,11 @@ def in_bounds_corners(offsets, dilation: int) -> int:
     from ddsm_triton.reference.dynamic_sample_attention import sample_positions
 
     _, H, W, *_ = offsets.shape
-    y, x = sample_positions(offsets.double(), dilation)
-    y0, x0 = torch.floor(y), torch.floor(x)
-    rows = [((y0 + a >= 0) & (y0 + a < H)).long() for a in (0, 1)]
-    cols = [((x0 + b >= 0) & (x0 + b < W)).long() for b in (0, 1)]
-    return int(sum((r * c).sum() for r in rows for c in cols))
+    y0, x0 = (torch.floor(p) for p in sample_positions(offsets.double(), dilation))
+    # corners in = (rows of the 2 that are in) x (columns of the 2 that are in)
+    rows = sum(((y0 + a >= 0) & (y0 + a < H)).long() for a in (0, 1))
+    cols = sum(((x0 + b >= 0) & (x0 + b < W)).long() for b in (0, 1))
+    return int((rows * cols).sum())
 
 
 def floors(shape: Shape, itemsize: int, acc_itemsize: int, corners: float) -> dict[str, float]:
@@ -150,17 +150,13 @@ def measure_shape(
     return rows
 
 
-def traffic_report(
-    shapes: tuple[Shape, ...] = SWEEP, dtype_name: str = "float32", max_rows: int | None = None
-) -> list[dict]:
-    """:func:`measure_shape` rows of every shape; in a subprocess with the interpreter
-    on unless this process interprets the kernels already."""
+def traffic_report(dtype_name: str = "float32", max_rows: int | None = None) -> list[dict]:
+    """:func:`measure_shape` rows of every shape of SWEEP (other shapes: call it), in a
+    subprocess with the interpreter on unless this process interprets the kernels already."""
     if not interpreting():
-        if shapes != SWEEP:
-            raise ValueError("custom shapes need the kernels interpreted in this process")
         rows = [] if max_rows is None else ["--max-rows", str(max_rows)]
         return json_subprocess("traffic", ["--dtype", dtype_name, *rows], interpret=True)
-    return [row for shape in shapes for row in measure_shape(shape, dtype_name, max_rows)]
+    return [row for shape in SWEEP for row in measure_shape(shape, dtype_name, max_rows)]
 
 
 _COLUMNS = {"shape": "shape", "config": "config", "forward_bytes_per_cell": "fwd B/cell"}
@@ -169,10 +165,9 @@ _COLUMNS |= {"backward_loads_x_exact": "bwd loads x exact", "backward_atomics_ex
 _COLUMNS |= {"in_bounds_corner_fraction": "in-bounds corners"}
 
 
-def bench_hook(out_dir, max_rows: int | None = None) -> None:
+def bench_hook(out_dir: Path, max_rows: int | None = None) -> None:
     """``make bench``: traffic.json and traffic.md in ``out_dir``, the table printed; a
     failure becomes a message in traffic.md, never a crashed benchmark."""
-    out_dir = Path(out_dir)
     try:
         rows = traffic_report(max_rows=max_rows)
     except Exception as err:  # a broken meter must not lose the benchmark's results
