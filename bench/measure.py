@@ -2,7 +2,7 @@
 under FakeTensorMode at any size), the reference's output and gradients, then each backend
 checked against them and timed only if it matches (``triton.testing.do_bench`` on a GPU,
 ``torch.utils.benchmark.Timer`` on CPU, where the Triton kernels run in the interpreter:
-checked on tiny cases by :meth:`Run.parity`, never timed)."""
+checked on the tiny "parity" cases, never timed)."""
 
 from __future__ import annotations
 
