@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import report
+from . import kernel_report, report, traffic
 from .cases import KINDS, build, plan
 from .measure import Budget, Run
 from .records import Recorder, results_dir
@@ -68,27 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         if mode.startswith("gpu"):
             profile_table([c for c, _ in cases], device, out)
             (out / "autotune.txt").write_text(autotune_choices())
-        elif args.static:
-            static_reports(rec, out, max_rows=None if mode == "full" else 1)
+        elif args.static:  # the sm_90 kernel report, the traffic meter
+            kernel_report.bench_hook(out, rec)
+            traffic.bench_hook(out, max_rows=None if mode == "full" else 1)
     finally:
         rec.add(None, "all", "wall_s", time.perf_counter() - start, f"--{mode}", config="run")
         rec.write(out / "results.csv")
         print(report.write(rec.frame(), out))
     return 0
-
-
-def static_reports(rec: Recorder, out: Path, max_rows: int | None) -> None:
-    """The sm_90 kernel report (reused while the kernels are unchanged), traffic meter."""
-    from . import kernel_report, kernel_stats, traffic
-
-    path = out / "kernel_report.json"
-    entries, message = kernel_stats.collect_cached(90, path)
-    kernel_stats.write(entries, message, 90, path)
-    if entries:
-        kernel_stats.record(entries, rec)
-        (out / "kernel_report.md").write_text(kernel_report.format_table(entries) + "\n")
-    rec.add(None, "triton", "info", note=f"kernel report: {message}", config="kernels")
-    traffic.bench_hook(out, max_rows=max_rows)
 
 
 def profile_table(cases: list, device: torch.device, out: Path) -> None:

@@ -2,7 +2,7 @@
 under FakeTensorMode at any size), the reference's output and gradients, then each backend
 checked against them and timed only if it matches (``triton.testing.do_bench`` on a GPU,
 ``torch.utils.benchmark.Timer`` on CPU, where the Triton kernels run in the interpreter:
-checked on tiny cases by :meth:`Run.parity`, never timed)."""
+checked on the tiny "parity" cases, never timed)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,7 @@ def worst_error(actual: dict, expected: dict) -> tuple[float, str]:
         err = (a.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1e-30)
         return err.nan_to_num(float("inf")).item()
 
-    errors = {name: error(actual.get(name), e) for name, e in expected.items()}
-    worst = max(errors, key=errors.__getitem__)
-    return errors[worst], worst
+    return max((error(actual.get(name), e), name) for name, e in expected.items())
 
 
 def fake_saved_bytes(case: Case, backend: str, device: torch.device):

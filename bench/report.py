@@ -83,10 +83,8 @@ def notes(frame: pd.DataFrame) -> list[str]:
     parity = (frame.metric == "check_err") & (frame.config == "parity")
     facts = frame[parity | frame.metric.isin(["compile_s", "copy_gbps", "info", "wall_s"])]
     facts = facts.assign(value=pd.to_numeric(facts.value).map(_fmt))
-    facts = facts[["metric", "backend", "kind", "value", "note"]].fillna("")
-    lines = [
-        " ".join(v for v in row if v not in ("", "-")) for row in facts.itertuples(index=False)
-    ]
+    rows = facts[["metric", "backend", "kind", "value", "note"]].fillna("").itertuples(index=False)
+    lines = [" ".join(v for v in row if v not in ("", "-")) for row in rows]
     checks = frame[(frame.metric == "check_err") & ~parity]
     ok = checks.note.str.startswith("ok").sum()
     lines.append(f"check_err: {ok} of {len(checks)} backends matched the reference before timing")
@@ -109,10 +107,9 @@ def _lines(df: pd.DataFrame, metrics: dict[str, str], ylabel: str, scale: float 
         for ax, kind in zip(row, kinds, strict=True):
             t = _pivot(df[df.kind == kind], metric, ["dtype", "pixels"]).sort_index()
             for dtype in t.index.unique("dtype"):
-                for backend, s in t.loc[dtype].items():
-                    s = s.dropna()
+                for backend, s in t.loc[dtype].items():  # a Series plots against its index
                     style = {"color": f"C{ORDER.index(backend)}", "ls": DASH.get(dtype, "-")}
-                    ax.plot(s.index, s * scale, marker="o", label=f"{backend} {dtype}", **style)
+                    ax.plot(s.dropna() * scale, marker="o", label=f"{backend} {dtype}", **style)
             ax.set(xscale="log", yscale="log", title=f"{kind}: {title}", ylabel=ylabel)
             ax.set_xlabel("pixels of x_low")
             ax.grid(alpha=0.3)

@@ -21,19 +21,14 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
-import sys
 from collections import defaultdict, namedtuple
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 from ddsm_triton._backend import interpreting
 
-from .kernel_report import config_label
-from .kernel_report import format_table as table
-
-__all__ = ["SWEEP", "Shape", "bench_hook", "count_traffic", "measure_shape", "traffic_report"]
-
+from .kernel_report import config_label, format_table, json_subprocess
 
 # One op shape: a (B, H, W) grid of cells, G heads, widths, N = k*k samples.
 Shape = namedtuple("Shape", "name B H W G DK DV k dilation", defaults=(1,))
@@ -65,12 +60,8 @@ def count_traffic() -> Iterator[dict[str, int]]:
     def wrap(original, kind: str, ptr_at: int, mask_at: int | None):
         def counted(self, *args, **kwargs):
             if depth[0] == 0:
-                ptr, mask = args[ptr_at], None if mask_at is None else args[mask_at]
-                n = (
-                    ptr.data.size
-                    if mask is None
-                    else np.broadcast_to(mask.data, ptr.data.shape).sum()
-                )
+                ptr, mask = args[ptr_at], True if mask_at is None else args[mask_at].data
+                n = np.broadcast_to(mask, ptr.data.shape).sum()
                 traffic[kind] += int(n) * (ptr.get_element_ty().primitive_bitwidth // 8)
                 traffic["atomic elements"] += int(n) if kind == "atomic" else 0
             depth[0] += 1
@@ -81,14 +72,9 @@ def count_traffic() -> Iterator[dict[str, int]]:
 
         return counted
 
-    originals = {name: getattr(InterpreterBuilder, name) for name, *_ in _OPS}
-    try:
-        for name, kind, ptr_at, mask_at in _OPS:
-            setattr(InterpreterBuilder, name, wrap(originals[name], kind, ptr_at, mask_at))
+    patches = {name: wrap(getattr(InterpreterBuilder, name), *how) for name, *how in _OPS}
+    with mock.patch.multiple(InterpreterBuilder, **patches):  # restored on exit
         yield traffic
-    finally:
-        for name, original in originals.items():
-            setattr(InterpreterBuilder, name, original)
 
 
 def in_bounds_corners(offsets, dilation: int) -> int:
@@ -98,11 +84,11 @@ def in_bounds_corners(offsets, dilation: int) -> int:
     from ddsm_triton.reference.dynamic_sample_attention import sample_positions
 
     _, H, W, *_ = offsets.shape
-    y, x = sample_positions(offsets.double(), dilation)
-    y0, x0 = torch.floor(y), torch.floor(x)
-    rows = [((y0 + a >= 0) & (y0 + a < H)).long() for a in (0, 1)]
-    cols = [((x0 + b >= 0) & (x0 + b < W)).long() for b in (0, 1)]
-    return int(sum((r * c).sum() for r in rows for c in cols))
+    y0, x0 = (torch.floor(p) for p in sample_positions(offsets.double(), dilation))
+    # corners in = (rows of the 2 that are in) x (columns of the 2 that are in)
+    rows = sum(((y0 + a >= 0) & (y0 + a < H)).long() for a in (0, 1))
+    cols = sum(((x0 + b >= 0) & (x0 + b < W)).long() for b in (0, 1))
+    return int((rows * cols).sum())
 
 
 def floors(shape: Shape, itemsize: int, acc_itemsize: int, corners: float) -> dict[str, float]:
@@ -164,23 +150,13 @@ def measure_shape(
     return rows
 
 
-def traffic_report(
-    shapes: tuple[Shape, ...] = SWEEP, dtype_name: str = "float32", max_rows: int | None = None
-) -> list[dict]:
-    """:func:`measure_shape` rows of every shape; in a subprocess with the interpreter
-    on unless this process interprets the kernels already."""
+def traffic_report(dtype_name: str = "float32", max_rows: int | None = None) -> list[dict]:
+    """:func:`measure_shape` rows of every shape of SWEEP (other shapes: call it), in a
+    subprocess with the interpreter on unless this process interprets the kernels already."""
     if not interpreting():
-        if shapes != SWEEP:
-            raise ValueError("custom shapes need the kernels interpreted in this process")
-        command = [sys.executable, "-m", "ddsm_triton.bench.traffic", "--json"]
-        command += ["--dtype", dtype_name] + (
-            [] if max_rows is None else ["--max-rows", str(max_rows)]
-        )
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        return json.loads(
-            subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-        )
-    return [row for shape in shapes for row in measure_shape(shape, dtype_name, max_rows)]
+        rows = [] if max_rows is None else ["--max-rows", str(max_rows)]
+        return json_subprocess("traffic", ["--dtype", dtype_name, *rows], interpret=True)
+    return [row for shape in SWEEP for row in measure_shape(shape, dtype_name, max_rows)]
 
 
 _COLUMNS = {"shape": "shape", "config": "config", "forward_bytes_per_cell": "fwd B/cell"}
@@ -189,18 +165,9 @@ _COLUMNS |= {"backward_loads_x_exact": "bwd loads x exact", "backward_atomics_ex
 _COLUMNS |= {"in_bounds_corner_fraction": "in-bounds corners"}
 
 
-def format_table(rows: list[dict]) -> str:
-    """Fixed-width table of :func:`traffic_report` rows, numbers to three places."""
-    return table(
-        [{k: f"{v:.3f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows],
-        _COLUMNS,
-    )
-
-
-def bench_hook(out_dir, max_rows: int | None = None) -> None:
+def bench_hook(out_dir: Path, max_rows: int | None = None) -> None:
     """``make bench``: traffic.json and traffic.md in ``out_dir``, the table printed; a
     failure becomes a message in traffic.md, never a crashed benchmark."""
-    out_dir = Path(out_dir)
     try:
         rows = traffic_report(max_rows=max_rows)
     except Exception as err:  # a broken meter must not lose the benchmark's results
@@ -208,7 +175,7 @@ def bench_hook(out_dir, max_rows: int | None = None) -> None:
     else:
         (out_dir / "traffic.json").write_text(json.dumps(rows, indent=1) + "\n")
         text = "Bytes per cell the kernels request (interpreter, GPU configs):\n\n"
-        text += format_table(rows)
+        text += format_table(rows, _COLUMNS)
     (out_dir / "traffic.md").write_text(text + "\n")
     print(text)
 
@@ -220,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rows", type=int, default=None, help="config rows per shape")
     args = parser.parse_args(argv)
     rows = traffic_report(dtype_name=args.dtype, max_rows=args.max_rows)
-    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows, _COLUMNS))
 
 
 if __name__ == "__main__":
