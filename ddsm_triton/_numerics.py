@@ -24,11 +24,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # torch.amp.is_autocast_available (fullgraph compile fails on torch 2.7 and 2.11).
 # This keeps the exact answer both in eager mode and compiled, where a list of known
 # device types would have to follow torch's.
-@torch.compiler.assume_constant_result
 def autocast_available(device_type: str) -> bool:
     """Whether ``torch.autocast`` accepts ``device_type`` (it rejects some, e.g. "meta",
     even to disable it)."""
     return torch.amp.is_autocast_available(device_type)
+
+
+# What ``torch.compiler.assume_constant_result`` does (torch 2.8 to 2.13: it sets this
+# attribute and nothing else), without calling it: it imports torch._dynamo, and that
+# imports triton, which must not happen before a user sets TRITON_INTERPRET (triton's
+# own jit helpers read it when triton is imported). Should a future torch mark constants
+# differently, torch.compile falls back to tracing the function, which torch 2.13 can.
+autocast_available._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:

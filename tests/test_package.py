@@ -27,6 +27,17 @@ def test_import_loads_no_bench_dependency() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_import_leaves_triton_unimported() -> None:
+    """``import ddsm_triton`` does not import triton (only ``ddsm_triton.kernels``
+    does), so TRITON_INTERPRET may still be set after it: triton decides between
+    compiled and interpreted jit helpers when it is imported."""
+    code = "import sys, ddsm_triton\nassert 'triton' not in sys.modules\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_reference_imports_only_the_numerics_leaf_of_the_library() -> None:
     """The reference is the ground truth every backend is checked against, so it must
     not depend on them: of the library it imports ``ddsm_triton._numerics`` only."""
