@@ -14,8 +14,9 @@ with no Python arithmetic on sizes in inference, so it is the backend that expor
 
 Three details make it exact, not just close:
 
-* Non-finite positions are moved out of bounds (zero sample, zero offset gradient)
-  and huge ones are clamped, before ``grid_sample`` sees them (``_sample_positions``).
+* Positions come from the reference's ``sample_positions``: non-finite ones are moved
+  out of bounds (zero sample, zero offset gradient) and huge ones are clamped, before
+  ``grid_sample`` sees them.
 * ``grid_sample`` takes coordinates normalised to [-1, 1] and multiplies them back by
   a size-dependent factor. For a general size that round trip rounds, and at an
   integer position (every sample of a fresh layer, whose offsets are zero) the floor
@@ -39,17 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from ddsm_triton._numerics import autocast_off, clamp_to_finite, compute_dtype
-from ddsm_triton.reference import base_grid
+from ddsm_triton.reference import sample_positions
 
 __all__ = ["dynamic_sample_attention", "needs_exact_gradients", "padded_size"]
-
-# Where a non-finite position goes, and the bounds huge finite ones are clamped to.
-# Any position <= -2 or >= 2**24 has all four corners outside every map (inputs are
-# validated to H, W < 2**24): its sample is zero and the clamp passes zero gradient.
-# Plain float bounds, unlike the map's size, keep the graph free of size arithmetic
-# (ONNX's decomposition rejects a clamp bound computed from a size).
-_OUT_OF_BOUNDS = -2.0
-_FAR = float(2**24)
 
 
 def padded_size(size: int) -> int:
@@ -66,18 +59,6 @@ def needs_exact_gradients(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return False
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _sample_positions(offsets: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Sample positions (B, H, W, G, N, 2) of (y, x), in grid cells: each cell plus its
-    window plus ``offsets``, non-finite ones moved out of bounds, huge ones clamped."""
-    _, H, W, _, N, _ = offsets.shape
-    like = {"dtype": offsets.dtype, "device": offsets.device}
-    rows, cols = torch.meshgrid(torch.arange(H, **like), torch.arange(W, **like), indexing="ij")
-    cells = torch.stack([rows, cols], dim=-1)[:, :, None, None]  # (H, W, 1, 1, 2)
-    positions = cells + base_grid(N, dilation, **like) + offsets
-    finite = torch.isfinite(positions).all(dim=-1, keepdim=True)
-    return torch.where(finite, positions, _OUT_OF_BOUNDS).clamp(_OUT_OF_BOUNDS, _FAR)
 
 
 def _padded_maps(feature: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -108,23 +89,25 @@ def _sample(maps: torch.Tensor, grid: torch.Tensor, *, align_corners: bool) -> t
     )
 
 
-def _sample_padded(maps: tuple[torch.Tensor, ...], positions: torch.Tensor) -> list[torch.Tensor]:
-    """Samples of each (B, H, W, G, D) map at ``positions`` (B, H, W, G, N, 2), exact
+def _sample_padded(
+    maps: tuple[torch.Tensor, ...], y: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
+    """Samples of each (B, H, W, G, D) map at positions ``y``, ``x`` (B, H, W, G, N), exact
     under autograd at integer positions: maps padded to ``2**m + 1`` per side, where
     ``align_corners=True`` scales by a power of two."""
-    H, W = positions.shape[1:3]
-    y, x = positions.unbind(-1)
+    H, W = y.shape[1:3]
     height, width = padded_size(H), padded_size(W)
     grid = _grid(x * (2 / (width - 1)) - 1, y * (2 / (height - 1)) - 1)
     return [_sample(_padded_maps(m, height, width), grid, align_corners=True) for m in maps]
 
 
-def _sample_plain(maps: tuple[torch.Tensor, ...], positions: torch.Tensor) -> list[torch.Tensor]:
+def _sample_plain(
+    maps: tuple[torch.Tensor, ...], y: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
     """The same samples for inference: maps at their own size, ``align_corners=False``
     (cell i's centre at ``(2i + 1) / size - 1``); equal up to float rounding, and free of
     integer arithmetic on sizes."""
-    H, W = positions.shape[1:3]
-    y, x = positions.unbind(-1)
+    H, W = y.shape[1:3]
     grid = _grid((2 * x + 1) / W - 1, (2 * y + 1) / H - 1)
     return [_sample(_maps(m), grid, align_corners=False) for m in maps]
 
@@ -148,7 +131,7 @@ def dynamic_sample_attention(
     sample = _sample_padded if needs_exact_gradients(query, key, value, offsets) else _sample_plain
     with autocast_off(value.device):
         q, k, v, off = (t.to(compute_dtype(value.dtype)) for t in (query, key, value, offsets))
-        keys, values = sample((k, v), _sample_positions(off, dilation))  # (B*G, D, H*W, N)
+        keys, values = sample((k, v), *sample_positions(off, dilation))  # (B*G, D, H*W, N)
         q = q.permute(0, 3, 4, 1, 2).reshape(B * G, Dk, H * W)
         logits = clamp_to_finite(scale * torch.einsum("cdp,cdpn->cpn", q, keys))
         attn = torch.softmax(logits, dim=-1)

@@ -26,6 +26,11 @@ __all__ = [
 # corners are out of bounds and the sample is zero. Because the move is a
 # ``torch.where``, no gradient flows back to the offending offset.
 _OUT_OF_BOUNDS = -2.0
+# Where huge finite positions are clamped to: the maps are validated to sides below
+# 2**24 (docs/semantics.md §3.1), so every corner there is out of bounds. A plain number
+# rather than the map's size keeps the graph free of size arithmetic, which exported
+# graphs with dynamic sizes need (the grid_sample backend shares these positions).
+_FAR = float(2**24)
 
 
 def base_grid(num_samples: int, dilation: int, *, dtype: torch.dtype, device: torch.device):
@@ -45,7 +50,7 @@ def sample_positions(offsets: torch.Tensor, dilation: int) -> tuple[torch.Tensor
     """Absolute sample positions ``(y, x)``, each (B, H, W, G, N), in grid cells.
 
     Non-finite positions are replaced by an out-of-bounds point (zero sample,
-    zero gradient). Huge finite ones are clamped to just outside the map, which
+    zero gradient). Huge finite ones are clamped to 2**24, beyond every map, which
     keeps every corner out of bounds and keeps ``floor`` inside int64.
     """
     _, H, W, _, N, _ = offsets.shape
@@ -55,8 +60,8 @@ def sample_positions(offsets: torch.Tensor, dilation: int) -> tuple[torch.Tensor
     y = i + grid[:, 0] + offsets[..., 0]
     x = j + grid[:, 1] + offsets[..., 1]
     finite = torch.isfinite(y) & torch.isfinite(x)
-    y = torch.where(finite, y, _OUT_OF_BOUNDS).clamp(_OUT_OF_BOUNDS, H + 1)
-    x = torch.where(finite, x, _OUT_OF_BOUNDS).clamp(_OUT_OF_BOUNDS, W + 1)
+    y = torch.where(finite, y, _OUT_OF_BOUNDS).clamp(_OUT_OF_BOUNDS, _FAR)
+    x = torch.where(finite, x, _OUT_OF_BOUNDS).clamp(_OUT_OF_BOUNDS, _FAR)
     return y, x
 
 
